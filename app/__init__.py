@@ -1,0 +1,67 @@
+"""Jobsprint: the application factory.
+
+Importing ``app`` (or ``app.engine``) imports no web framework: Flask and the services load
+inside ``create_app`` only, so the engine stays pure.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from app.config import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the web application from ``settings`` (default: read from the environment)."""
+    import logging
+
+    from flask import Flask
+
+    from app import store
+    from app.config import PROJECT_ROOT, load_settings
+    from app.db import db
+    from app.extensions import csrf, htmx, limiter, login_manager, sock
+    from app.migrate import upgrade_if_embedded
+
+    settings = settings or load_settings()
+    app = Flask(
+        __name__,
+        instance_path=str(settings.instance_path),
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    app.config.update(
+        SETTINGS=settings,
+        SECRET_KEY=settings.secret_key,
+        TESTING=settings.testing,
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        PERMANENT_SESSION_LIFETIME=settings.session_ttl_s,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the (server-side) session
+        RATELIMIT_STORAGE_URI=settings.rate_limit_storage_url,
+        RATELIMIT_HEADERS_ENABLED=True,
+        JSON_SORT_KEYS=False,
+    )
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    db.configure(settings.database_url)
+    upgrade_if_embedded(settings)
+    app.teardown_appcontext(db.remove)
+    app.extensions["jobsprint.store"] = store.connect(settings.redis_url)
+
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    sock.init_app(app)
+    htmx.init_app(app)
+    limiter.init_app(app)
+
+    from app.web import register_blueprints
+
+    register_blueprints(app)
+    return app

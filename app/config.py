@@ -1,0 +1,205 @@
+"""Every setting Jobsprint reads, parsed once from the environment.
+
+Nothing else in the code base reads ``os.environ``. Without ``DATABASE_URL`` Jobsprint runs in
+its embedded default: a SQLite file under ``instance/``, an in-process queue, pub/sub, cache and
+locks, and secrets generated once and kept in ``instance/`` (mode 0600). With ``DATABASE_URL``
+it is a production deployment and the settings that protect data must be given explicitly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it in one line."""
+
+
+@dataclass(frozen=True)
+class KeyEncryptionKey:
+    id: str
+    key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str | None
+    queue_url: str | None
+    secret_key: str = field(repr=False)
+    keks: tuple[KeyEncryptionKey, ...] = field(repr=False)
+    instance_path: Path
+    embedded: bool
+    base_url: str = "http://127.0.0.1:5000"
+    bcrypt_rounds: int = 10
+    session_ttl_s: int = 24 * 3600
+    token_ttl_s: int = 24 * 3600
+    api_rate_limit: str = "600 per minute"
+    login_rate_limit: str = "10 per minute"
+    register_rate_limit: str = "30 per hour"
+    rate_limit_storage_url: str = "memory://"
+    max_request_bytes: int = 4 * 1024 * 1024
+    log_level: str = "INFO"
+    secure_cookies: bool = False
+    testing: bool = False
+
+    @property
+    def current_kek(self) -> KeyEncryptionKey:
+        return self.keks[0]
+
+    def describe(self) -> list[tuple[str, str]]:
+        """Every setting with its value, secrets masked (for check-config and start-up logs)."""
+        masked = {"secret_key", "keks"}
+        rows = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in masked:
+                shown = "set (hidden)"
+                if f.name == "keks":
+                    shown = "ids " + ", ".join(k.id for k in value)
+            elif f.name in {"database_url", "redis_url", "queue_url", "rate_limit_storage_url"}:
+                shown = redact_url(value) if value else "(embedded)"
+            else:
+                shown = str(value)
+            rows.append((f.name, shown))
+        return rows
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a service URL: ``postgresql://u:***@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def parse_boolean(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+
+def parse_int(name: str, raw: str, *, minimum: int = 0) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def parse_keks(raw: str) -> tuple[KeyEncryptionKey, ...]:
+    """``JOBSPRINT_KEK``: comma-separated ``[id:]base64`` 32-byte keys; the first encrypts."""
+    keks = []
+    for position, item in enumerate(filter(None, (p.strip() for p in raw.split(","))), 1):
+        kek_id, sep, encoded = item.rpartition(":")
+        if not sep:
+            encoded = item
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"JOBSPRINT_KEK: key {position} is not valid base64") from None
+        if len(key) != 32:
+            raise ConfigError(
+                f"JOBSPRINT_KEK: key {position} must decode to 32 bytes, not {len(key)}"
+            )
+        kek_id = kek_id or hashlib.sha256(key).hexdigest()[:8]
+        keks.append(KeyEncryptionKey(kek_id, key))
+    if not keks:
+        raise ConfigError("JOBSPRINT_KEK: no key given")
+    ids = [k.id for k in keks]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("JOBSPRINT_KEK: key ids must be unique")
+    return tuple(keks)
+
+
+def _instance_secret(instance_path: Path, name: str, make: callable) -> str:
+    """Read a secret the embedded default generated on first start, or make it now."""
+    path = instance_path / name
+    if path.exists():
+        return path.read_text().strip()
+    instance_path.mkdir(parents=True, exist_ok=True)
+    value = make()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings:
+    """Build the settings from ``env`` (default ``os.environ``), then apply ``overrides``."""
+    env = os.environ if env is None else env
+    instance_path = Path(env.get("JOBSPRINT_INSTANCE_PATH") or PROJECT_ROOT / "instance")
+    database_url = env.get("DATABASE_URL", "").strip()
+    embedded = not database_url
+    if embedded:
+        database_url = f"sqlite:///{instance_path / 'jobsprint.db'}"
+    elif database_url.startswith("postgres://"):
+        # Heroku-style URLs; SQLAlchemy needs the driver named.
+        database_url = "postgresql+psycopg://" + database_url.removeprefix("postgres://")
+    elif database_url.startswith("postgresql://"):
+        database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
+    if not database_url.startswith(("sqlite:///", "postgresql+psycopg://")):
+        raise ConfigError("DATABASE_URL: must be a postgresql:// or sqlite:/// URL")
+
+    secret_key = env.get("SECRET_KEY", "").strip()
+    kek_raw = env.get("JOBSPRINT_KEK", "").strip()
+    if embedded:
+        secret_key = secret_key or _instance_secret(
+            instance_path, "secret_key", lambda: secrets.token_urlsafe(48)
+        )
+        kek_raw = kek_raw or _instance_secret(
+            instance_path, "kek", lambda: base64.b64encode(secrets.token_bytes(32)).decode()
+        )
+    if not secret_key and "secret_key" not in overrides:
+        raise ConfigError("SECRET_KEY: required when DATABASE_URL is set (production)")
+    if secret_key and len(secret_key) < 32:
+        raise ConfigError("SECRET_KEY: must be at least 32 characters")
+    if not kek_raw and "keks" not in overrides:
+        raise ConfigError("JOBSPRINT_KEK: required when DATABASE_URL is set (production)")
+
+    redis_url = env.get("REDIS_URL", "").strip() or None
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL: must be a redis:// or rediss:// URL")
+    queue_url = env.get("QUEUE_URL", "").strip() or None
+    if queue_url and not queue_url.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
+        raise ConfigError("QUEUE_URL: must be a redis:// (RQ) or amqp:// (RabbitMQ) URL")
+
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        queue_url=queue_url,
+        secret_key=secret_key,
+        keks=parse_keks(kek_raw) if kek_raw else (),
+        instance_path=instance_path,
+        embedded=embedded,
+        base_url=env.get("JOBSPRINT_BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
+        bcrypt_rounds=parse_int("JOBSPRINT_BCRYPT_ROUNDS", env.get("JOBSPRINT_BCRYPT_ROUNDS", "10"),
+                                minimum=4),
+        api_rate_limit=env.get("JOBSPRINT_API_RATE_LIMIT", "600 per minute"),
+        login_rate_limit=env.get("JOBSPRINT_LOGIN_RATE_LIMIT", "10 per minute"),
+        register_rate_limit=env.get("JOBSPRINT_REGISTER_RATE_LIMIT", "30 per hour"),
+        rate_limit_storage_url=redis_url or "memory://",
+        log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        secure_cookies=parse_boolean("JOBSPRINT_SECURE_COOKIES",
+                                     env.get("JOBSPRINT_SECURE_COOKIES", str(not embedded))),
+    )
+    settings = replace(settings, **overrides) if overrides else settings
+    if not settings.keks:
+        raise ConfigError("JOBSPRINT_KEK: required when DATABASE_URL is set (production)")
+    return settings

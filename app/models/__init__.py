@@ -1,0 +1,23 @@
+"""All models, imported here so that ``Base.metadata`` knows every table."""
+
+from app.models.ai import AIHistory, PromptTemplate
+from app.models.audit import AuditLog
+from app.models.base import Base, utcnow
+from app.models.credential import Connection, Credential
+from app.models.execution import (
+    FINAL_STATES,
+    RUN_STATES,
+    Execution,
+    ExecutionNode,
+    IdempotencyKey,
+    OutboxEntry,
+)
+from app.models.trigger import Schedule, TriggerEvent, Webhook, WebhookLink
+from app.models.user import User
+from app.models.workflow import Workflow, WorkflowVersion
+
+__all__ = [
+    "AIHistory", "AuditLog", "Base", "Connection", "Credential", "Execution", "ExecutionNode",
+    "FINAL_STATES", "IdempotencyKey", "OutboxEntry", "PromptTemplate", "RUN_STATES", "Schedule",
+    "TriggerEvent", "User", "Webhook", "WebhookLink", "Workflow", "WorkflowVersion", "utcnow",
+]

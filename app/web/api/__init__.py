@@ -1,0 +1,7 @@
+"""The JSON API, ``/api/v1``: bearer-token authentication and a per-user rate limit."""
+
+from flask import Blueprint
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+from app.web.api import auth, guard  # noqa: E402,F401

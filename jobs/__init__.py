@@ -1,0 +1,1 @@
+"""Processes other than the web: each runs as ``python -m jobs.<name>`` and builds the app lazily."""
