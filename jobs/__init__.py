@@ -1,1 +1,2 @@
-"""Processes other than the web: each runs as ``python -m jobs.<name>`` and builds the app lazily."""
+"""Processes other than the web: each runs as ``python -m jobs.<name>``, building the app
+lazily."""

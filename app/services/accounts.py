@@ -55,7 +55,8 @@ def register(email: str, password: str, *, client_addr: str | None = None) -> Us
     if db.session.scalar(select(User.id).where(User.email == email)) is not None:
         raise Conflict("an account with this email already exists", [Problem("email", "taken")])
     rounds = current_app.config["SETTINGS"].bcrypt_rounds
-    user = User(id=uuid.uuid4(), email=email, password_hash=passwords.hash_password(password, rounds))
+    password_hash = passwords.hash_password(password, rounds)
+    user = User(id=uuid.uuid4(), email=email, password_hash=password_hash)
     db.session.add(user)
     try:
         db.session.flush()

@@ -8,7 +8,8 @@ from app.services.passwords import MAX_LENGTH, MIN_LENGTH
 class PasswordChangeForm(FlaskForm):
     current_password = PasswordField("Current password",
                                      validators=[DataRequired(), Length(max=MAX_LENGTH)])
-    new_password = PasswordField("New password",
-                                 validators=[DataRequired(), Length(min=MIN_LENGTH, max=MAX_LENGTH)])
-    confirm = PasswordField("Repeat new password",
-                            validators=[DataRequired(), EqualTo("new_password", "Passwords differ.")])
+    new_password = PasswordField(
+        "New password", validators=[DataRequired(), Length(min=MIN_LENGTH, max=MAX_LENGTH)])
+    confirm = PasswordField(
+        "Repeat new password",
+        validators=[DataRequired(), EqualTo("new_password", "Passwords differ.")])
