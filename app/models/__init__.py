@@ -10,7 +10,6 @@ from app.models.execution import (
     Execution,
     ExecutionNode,
     IdempotencyKey,
-    OutboxEntry,
 )
 from app.models.trigger import Schedule, TriggerEvent, Webhook, WebhookLink
 from app.models.user import User
@@ -18,6 +17,6 @@ from app.models.workflow import Workflow, WorkflowVersion
 
 __all__ = [
     "AIHistory", "AuditLog", "Base", "Connection", "Credential", "Execution", "ExecutionNode",
-    "FINAL_STATES", "IdempotencyKey", "OutboxEntry", "PromptTemplate", "RUN_STATES", "Schedule",
+    "FINAL_STATES", "IdempotencyKey", "PromptTemplate", "RUN_STATES", "Schedule",
     "TriggerEvent", "User", "Webhook", "WebhookLink", "Workflow", "WorkflowVersion", "utcnow",
 ]

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, IdMixin, SoftDeleteMixin, TimestampMixin, utcnow
@@ -14,7 +14,11 @@ FINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 class Execution(IdMixin, TimestampMixin, SoftDeleteMixin, Base):
-    """One run of one workflow version.
+    """One run of one workflow version; the row is also the run's outbox entry.
+
+    A run is committed ``queued`` with ``lease_expires_at`` = when someone must have claimed
+    it; it is published to the queue after the commit, and the clock re-publishes any run whose
+    lease has passed (a lost publish, a dead worker, a deferred or parked run that is due).
 
     ``epoch`` fences workers: each claim increments it and every later write of the run says
     ``WHERE id = :id AND epoch = :epoch``, so a worker that lost its lease writes nothing.
@@ -75,21 +79,6 @@ class ExecutionNode(IdMixin, SoftDeleteMixin, Base):
     resume_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
-
-
-class OutboxEntry(Base):
-    """A run waiting to be published to the queue; written in the run's own transaction."""
-
-    __tablename__ = "outbox"
-
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
-    execution_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("executions.id", ondelete="CASCADE"), index=True
-    )
-    available_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class IdempotencyKey(Base):

@@ -21,7 +21,7 @@ from app.models import (
 )
 
 TABLES = {"users", "workflows", "workflow_versions", "webhooks", "webhook_links",
-          "trigger_events", "schedules", "executions", "execution_nodes", "outbox",
+          "trigger_events", "schedules", "executions", "execution_nodes",
           "idempotency_keys", "credentials", "connections", "prompt_templates", "ai_history",
           "audit_logs"}
 
