@@ -1,0 +1,1 @@
+"""The node types: triggers, logic, HTTP, AI and integrations. ``registry`` lists them."""
