@@ -61,7 +61,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     htmx.init_app(app)
     limiter.init_app(app)
 
+    from app.queue import open_queue
     from app.web import register_blueprints
 
     register_blueprints(app)
+    app.extensions["jobsprint.queue"] = open_queue(settings.queue_url)
+    if settings.inline_workers:
+        from app.workers import start_in_process
+
+        app.extensions["jobsprint.stop"] = start_in_process(app)
     return app

@@ -50,6 +50,10 @@ class Settings:
     max_request_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
     secure_cookies: bool = False
+    worker_threads: int = 4
+    # The embedded default runs its queue workers and clock as threads of the web process.
+    inline_workers: bool = True
+    clock_interval_s: float = 1.0
     testing: bool = False
 
     @property
@@ -198,6 +202,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
         secure_cookies=parse_boolean("JOBSPRINT_SECURE_COOKIES",
                                      env.get("JOBSPRINT_SECURE_COOKIES", str(not embedded))),
+        worker_threads=parse_int("JOBSPRINT_WORKER_THREADS",
+                                 env.get("JOBSPRINT_WORKER_THREADS", "4"), minimum=1),
+        inline_workers=queue_url is None,
     )
     settings = replace(settings, **overrides) if overrides else settings
     if not settings.keks:

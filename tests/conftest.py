@@ -110,6 +110,8 @@ def app(mode, tmp_path, request, settings_overrides):
     settings = make_settings(mode, tmp_path, request, **settings_overrides)
     application = create_app(settings)
     yield application
+    if stop := application.extensions.get("jobsprint.stop"):
+        stop.set()
     db.remove()
     if mode == "production":
         _clean_postgres()

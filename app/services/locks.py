@@ -1,0 +1,69 @@
+"""Per-workflow concurrency: at most ``settings.concurrency`` runs of a workflow at once.
+
+A Redis sorted set ``wflock:{workflow_id}`` holds one member per running holder, scored by
+when its hold expires (TTL 5 min, renewed while the run goes on). Expired members are dropped
+on every acquire, so a worker that died frees its slot by itself. This is for efficiency only:
+correctness comes from the run's fencing epoch in the database.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import redis
+
+TTL_S = 300
+
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return 1
+end
+return 0
+"""
+
+_RENEW = """
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+class WorkflowSlot:
+    """One holder's claim on one of a workflow's concurrency slots."""
+
+    def __init__(self, store: redis.Redis, workflow_id: str, limit: int,
+                 ttl_s: int = TTL_S) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.store = store
+        self.key = f"wflock:{workflow_id}"
+        self.limit = limit
+        self.ttl_s = ttl_s
+        self.token = secrets.token_hex(8)
+        self.held = False
+
+    def acquire(self) -> bool:
+        now = time.time()
+        self.held = bool(self.store.eval(
+            _ACQUIRE, 1, self.key, now, now + self.ttl_s, self.limit, self.token,
+            int(self.ttl_s * 1000)))
+        return self.held
+
+    def renew(self) -> bool:
+        if not self.held:
+            return False
+        self.held = bool(self.store.eval(
+            _RENEW, 1, self.key, time.time() + self.ttl_s, self.token, int(self.ttl_s * 1000)))
+        return self.held
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.store.zrem(self.key, self.token)

@@ -1,0 +1,381 @@
+"""The worker's side of a run: claim it, run the engine, record each node, finish exactly once.
+
+Correctness rests on the database, not on the queue:
+- A claim moves the run from ``queued`` to ``running`` and increments ``epoch``; every later
+  write of the run says ``WHERE id = :id AND epoch = :epoch``. A worker whose write touches no
+  row has been fenced out (its lease passed and the reaper handed the run on) and stops.
+- Node rows are keyed (execution, node, attempt): a succeeded node is read back on resume and
+  never run again. Pure logic nodes are recorded in small batches (their re-run after a crash
+  is harmless and invisible); a node with side effects (HTTP, AI, apps, waits) is recorded
+  ``running`` before it starts, so a crash mid-node resumes it with the same attempt number,
+  and so the same idempotency key.
+- The per-workflow slot in Redis (``locks.WorkflowSlot``) enforces ``settings.concurrency``; a
+  run that finds every slot taken is deferred 5 s, never dropped.
+- The reaper (in the clock) hands back runs whose lease passed: queued runs nobody claimed
+  (a lost publish), running runs whose worker died, and parked runs that are due.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+import redis
+from flask import current_app
+from sqlalchemy import func, insert, select, update
+
+from app import engine
+from app.db import db
+from app.live import events
+from app.models import FINAL_STATES, Execution, ExecutionNode, WorkflowVersion, utcnow
+from app.services import workflows
+from app.services.locks import WorkflowSlot
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(seconds=60)
+DEFER = timedelta(seconds=5)
+PUBLISH_GRACE = timedelta(seconds=30)
+FLUSH_INTERVAL_S = 0.25
+SIDE_EFFECT_TYPES = ("http.", "ai.", "integration.", "logic.wait")
+
+
+class Fenced(Exception):
+    """Another worker holds this run now; this one must stop writing."""
+
+
+def _store() -> redis.Redis:
+    return current_app.extensions["jobsprint.store"]
+
+
+# --- claiming ---------------------------------------------------------------------------
+
+def claim(execution_id: uuid.UUID) -> int | None:
+    """Take a queued run: its new epoch, or None if it is not ours to run."""
+    now = utcnow()
+    epoch = db.session.execute(
+        update(Execution)
+        .where(Execution.id == execution_id, Execution.status == "queued")
+        .values(status="running", epoch=Execution.epoch + 1,
+                deliveries=Execution.deliveries + 1, lease_expires_at=now + LEASE,
+                started_at=func.coalesce(Execution.started_at, now), updated_at=now)
+        .returning(Execution.epoch)).scalar()
+    db.session.commit()
+    return epoch
+
+
+def defer(execution_id: uuid.UUID, delay: timedelta = DEFER) -> None:
+    """Leave the run queued; the reaper publishes it again after ``delay``."""
+    db.session.execute(update(Execution)
+                       .where(Execution.id == execution_id, Execution.status == "queued")
+                       .values(lease_expires_at=utcnow() + delay))
+    db.session.commit()
+
+
+def reap(limit: int = 500) -> list[uuid.UUID]:
+    """Hand back every run whose lease passed, fencing out its old holder; returns their ids
+    (the caller publishes them)."""
+    now = utcnow()
+    due = (select(Execution.id)
+           .where(Execution.status.in_(("queued", "running", "waiting")),
+                  Execution.lease_expires_at < now)
+           .order_by(Execution.lease_expires_at).limit(limit))
+    if not db.is_sqlite:
+        due = due.with_for_update(skip_locked=True)
+    ids = list(db.session.scalars(due))
+    if ids:
+        db.session.execute(
+            update(Execution).where(Execution.id.in_(ids),
+                                    Execution.status.in_(("queued", "running", "waiting")))
+            .values(status="queued", epoch=Execution.epoch + 1,
+                    lease_expires_at=now + PUBLISH_GRACE, updated_at=now))
+    db.session.commit()
+    return ids
+
+
+# --- the definition a run executes -------------------------------------------------------
+
+@lru_cache(maxsize=512)
+def _graph(workflow_id: str, version: int, definition_json: str):
+    import json
+
+    definition = json.loads(definition_json)
+    checked = engine.validate({"name": "run", **definition})
+    return checked.graph, definition
+
+
+def _definition(workflow_id: uuid.UUID, version: int) -> dict | None:
+    current = workflows.cached_definition(workflow_id)
+    if current is not None and current["version"] == version:
+        return current["definition"]
+    kept = db.session.scalar(select(WorkflowVersion.definition).where(
+        WorkflowVersion.workflow_id == workflow_id, WorkflowVersion.version == version))
+    return kept
+
+
+def load_graph(workflow_id: uuid.UUID, version: int):
+    import json
+
+    definition = _definition(workflow_id, version)
+    if definition is None:
+        return None, None
+    return _graph(str(workflow_id), version, json.dumps(definition, sort_keys=True))
+
+
+# --- recording a run ----------------------------------------------------------------------
+
+class RunRecorder:
+    """The engine's callbacks for one claimed run: stores node results, then publishes them."""
+
+    def __init__(self, execution_id: uuid.UUID, user_id: uuid.UUID, workflow_id: uuid.UUID,
+                 epoch: int, existing: set[tuple[str, int]], side_effect_nodes: set[str]):
+        self.execution_id = execution_id
+        self.user_id = user_id
+        self.workflow_id = workflow_id
+        self.epoch = epoch
+        self.existing = existing
+        self.side_effect_nodes = side_effect_nodes
+        self.pending: list[dict] = []
+        self.started: dict[str, Any] = {}
+        self.last_flush = time.monotonic()
+        self.fenced = threading.Event()
+        self._cancel_checked_at = 0.0
+        self._cancelled = False
+
+    # engine callbacks
+    def node_started(self, key: str, attempt: int, input: Any) -> None:
+        if self.fenced.is_set():
+            raise Fenced(str(self.execution_id))
+        now = utcnow()
+        self.started[key] = now
+        node_id = key.split("[", 1)[0]
+        if node_id in self.side_effect_nodes:
+            self.pending.append({"node_key": key, "node_id": node_id, "attempt": attempt,
+                                 "status": "running", "started_at": now})
+            self.flush()
+
+    def node_finished(self, result) -> None:
+        if self.fenced.is_set():
+            raise Fenced(str(self.execution_id))
+        self.pending.append({
+            "node_key": result.key, "node_id": result.node_id, "attempt": result.attempt,
+            "status": result.status, "output": result.output,
+            "output_name": result.output_name,
+            "error": {"message": result.error} if isinstance(result.error, str)
+            else result.error,
+            "resume_at": getattr(result, "resume_at", None),
+            "started_at": self.started.get(result.key, result.started_at),
+            "finished_at": result.finished_at or utcnow()})
+        if (result.node_id in self.side_effect_nodes or result.status == "waiting"
+                or time.monotonic() - self.last_flush > FLUSH_INTERVAL_S):
+            self.flush()
+
+    def is_cancelled(self) -> bool:
+        now = time.monotonic()
+        if now - self._cancel_checked_at > 1.0:
+            self._cancel_checked_at = now
+            self._cancelled = bool(db.session.scalar(
+                select(Execution.cancel_requested).where(Execution.id == self.execution_id)))
+            db.session.commit()
+        return self._cancelled
+
+    # storage
+    def flush(self, final: dict | None = None) -> None:
+        """Commit pending node rows (and the final state) in one fenced transaction."""
+        session = db.session
+        now = utcnow()
+        values = {"lease_expires_at": now + LEASE, "updated_at": now, **(final or {})}
+        touched = session.execute(
+            update(Execution).where(Execution.id == self.execution_id,
+                                    Execution.epoch == self.epoch).values(**values)).rowcount
+        if not touched:
+            session.rollback()
+            self.fenced.set()
+            raise Fenced(str(self.execution_id))
+        inserts = []
+        for row in self.pending:
+            ident = (row["node_key"], row["attempt"])
+            if ident in self.existing:
+                session.execute(
+                    update(ExecutionNode)
+                    .where(ExecutionNode.execution_id == self.execution_id,
+                           ExecutionNode.node_key == row["node_key"],
+                           ExecutionNode.attempt == row["attempt"])
+                    .values(**{k: v for k, v in row.items()
+                               if k not in ("node_key", "attempt")}))
+            else:
+                self.existing.add(ident)
+                inserts.append({"id": uuid.uuid4(), "execution_id": self.execution_id, **row})
+        if inserts:
+            session.execute(insert(ExecutionNode), inserts)
+        session.commit()
+        flushed, self.pending = self.pending, []
+        self.last_flush = time.monotonic()
+        published = [self._node_event(row) for row in flushed]
+        if final:
+            published.append({"type": "run", "execution_id": str(self.execution_id),
+                              "workflow_id": str(self.workflow_id),
+                              "status": final["status"]})
+        events.publish_many(_store(), self.user_id, published)
+
+    def _node_event(self, row: dict) -> dict:
+        error = row.get("error")
+        return {"type": "node", "execution_id": str(self.execution_id),
+                "workflow_id": str(self.workflow_id), "node_id": row["node_key"],
+                "status": row["status"], "attempt": row["attempt"],
+                "error": error.get("message") if isinstance(error, dict) else error}
+
+    def finish(self, result) -> None:
+        now = utcnow()
+        if result.status == "parked":
+            final = {"status": "waiting", "resume_at": result.resume_at,
+                     "lease_expires_at": result.resume_at}
+        else:
+            final = {"status": result.status, "result": result.result, "error": result.error,
+                     "finished_at": now, "lease_expires_at": None}
+        self.flush(final)
+
+
+# --- lease keeping ------------------------------------------------------------------------
+
+class LeaseKeeper:
+    """Renews the lease (database) and the slot (Redis) of every run this process holds."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.active: dict[uuid.UUID, tuple[RunRecorder, WorkflowSlot]] = {}
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def track(self, recorder: RunRecorder, slot: WorkflowSlot) -> None:
+        with self.lock:
+            self.active[recorder.execution_id] = (recorder, slot)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="lease-keeper",
+                                               daemon=True)
+                self.thread.start()
+
+    def untrack(self, execution_id: uuid.UUID) -> None:
+        with self.lock:
+            self.active.pop(execution_id, None)
+
+    def _loop(self) -> None:
+        interval = LEASE.total_seconds() / 3
+        while True:
+            time.sleep(interval)
+            with self.lock:
+                held = list(self.active.values())
+            if not held:
+                continue
+            with self.app.app_context():
+                self.renew(held)
+
+    @staticmethod
+    def renew(held) -> None:
+        lease = utcnow() + LEASE
+        with db.engine.begin() as conn:
+            for recorder, _slot in held:
+                renewed = conn.execute(
+                    update(Execution).where(Execution.id == recorder.execution_id,
+                                            Execution.epoch == recorder.epoch,
+                                            Execution.status == "running")
+                    .values(lease_expires_at=lease)).rowcount
+                if not renewed:
+                    recorder.fenced.set()
+        for _recorder, slot in held:
+            try:
+                slot.renew()
+            except redis.RedisError as exc:
+                log.warning("could not renew workflow slot %s: %s", slot.key, exc)
+
+
+def _keeper() -> LeaseKeeper:
+    keeper = current_app.extensions.get("jobsprint.lease_keeper")
+    if keeper is None:
+        keeper = current_app.extensions.setdefault(
+            "jobsprint.lease_keeper", LeaseKeeper(current_app._get_current_object()))
+    return keeper
+
+
+# --- the queue handler --------------------------------------------------------------------
+
+def _resume_state(execution_id: uuid.UUID) -> tuple[dict, set[tuple[str, int]]]:
+    rows = db.session.execute(
+        select(ExecutionNode.node_key, ExecutionNode.attempt, ExecutionNode.status,
+               ExecutionNode.output, ExecutionNode.output_name, ExecutionNode.resume_at)
+        .where(ExecutionNode.execution_id == execution_id)
+        .order_by(ExecutionNode.node_key, ExecutionNode.attempt)).all()
+    latest = {}
+    for row in rows:
+        latest[row.node_key] = engine.NodeState(
+            status=row.status, output=row.output, output_name=row.output_name,
+            attempts=row.attempt, resume_at=row.resume_at)
+    return latest, {(row.node_key, row.attempt) for row in rows}
+
+
+def run_execution(execution_id: str) -> None:
+    """Queue handler: returns once the run's state is committed, or when there is nothing to
+    do (finished, held elsewhere, deferred). Raises only on infrastructure failure."""
+    try:
+        _run(uuid.UUID(execution_id))
+    finally:
+        db.remove()
+
+
+def _run(execution_id: uuid.UUID) -> None:
+    head = db.session.execute(
+        select(Execution.user_id, Execution.workflow_id, Execution.workflow_version,
+               Execution.status, Execution.trigger_node_id, Execution.input)
+        .where(Execution.id == execution_id)).one_or_none()
+    db.session.commit()
+    if head is None or head.status in FINAL_STATES or head.status != "queued":
+        return
+    graph, definition = load_graph(head.workflow_id, head.workflow_version)
+    concurrency = int(((definition or {}).get("settings") or {}).get("concurrency", 1))
+    slot = WorkflowSlot(_store(), str(head.workflow_id), max(1, concurrency))
+    try:
+        acquired = slot.acquire()
+    except redis.RedisError as exc:
+        log.warning("workflow slots unavailable (%s); running on the database fence alone", exc)
+        acquired = True
+    if not acquired:
+        defer(execution_id)
+        return
+    keeper = _keeper()
+    try:
+        epoch = claim(execution_id)
+        if epoch is None:
+            return
+        resume, existing = _resume_state(execution_id)
+        side_effects = {n["id"] for n in (definition or {}).get("nodes", [])
+                        if str(n.get("type", "")).startswith(SIDE_EFFECT_TYPES)}
+        recorder = RunRecorder(execution_id, head.user_id, head.workflow_id, epoch, existing,
+                               side_effects)
+        events.publish_many(_store(), head.user_id, [{
+            "type": "run", "execution_id": str(execution_id),
+            "workflow_id": str(head.workflow_id), "status": "running"}])
+        if graph is None:
+            recorder.flush({"status": "failed", "finished_at": utcnow(),
+                            "error": {"message": "the workflow version no longer exists"}})
+            return
+        keeper.track(recorder, slot)
+        result = engine.run_graph(
+            graph, trigger_id=head.trigger_node_id, trigger_output=head.input,
+            execution={"id": str(execution_id), "workflow_id": str(head.workflow_id)},
+            callbacks=recorder, ports=engine.Ports(is_cancelled=recorder.is_cancelled),
+            resume=resume)
+        recorder.finish(result)
+    except Fenced:
+        log.info("run %s was handed to another worker; this one stops", execution_id)
+        db.session.rollback()
+    finally:
+        keeper.untrack(execution_id)
+        try:
+            slot.release()
+        except redis.RedisError as exc:
+            log.warning("could not release workflow slot %s: %s", slot.key, exc)
