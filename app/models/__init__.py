@@ -2,7 +2,7 @@
 
 from app.models.ai import AIHistory, PromptTemplate
 from app.models.audit import AuditLog
-from app.models.base import Base, utcnow
+from app.models.base import Base, isoformat, utcnow
 from app.models.credential import Connection, Credential
 from app.models.execution import (
     FINAL_STATES,
@@ -18,5 +18,6 @@ from app.models.workflow import Workflow, WorkflowVersion
 __all__ = [
     "AIHistory", "AuditLog", "Base", "Connection", "Credential", "Execution", "ExecutionNode",
     "FINAL_STATES", "IdempotencyKey", "PromptTemplate", "RUN_STATES", "Schedule",
-    "TriggerEvent", "User", "Webhook", "WebhookLink", "Workflow", "WorkflowVersion", "utcnow",
+    "TriggerEvent", "User", "Webhook", "WebhookLink", "Workflow", "WorkflowVersion",
+    "isoformat", "utcnow",
 ]

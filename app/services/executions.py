@@ -14,14 +14,22 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.db import db
 from app.errors import Conflict, NotFound, Problem, ValidationFailed
-from app.models import FINAL_STATES, RUN_STATES, Execution, ExecutionNode, User, utcnow
+from app.models import (
+    FINAL_STATES,
+    RUN_STATES,
+    Execution,
+    ExecutionNode,
+    User,
+    isoformat,
+    utcnow,
+)
 from app.services import audit, idempotency, workflows
-from app.services.pagination import decode_cursor, encode_cursor
+from app.services.pagination import keyset_page
 
 log = logging.getLogger(__name__)
 PUBLISH_GRACE = timedelta(seconds=30)  # a queued run nobody claimed by then is re-published
@@ -128,17 +136,7 @@ def list_page(user: User, *, workflow_id: str | None = None, status: str | None 
             raise ValidationFailed("invalid status", [Problem(
                 "status", "must be one of " + ", ".join(RUN_STATES))])
         stmt = stmt.where(Execution.status == status)
-    if after := decode_cursor(cursor):
-        at, last_id = after
-        stmt = stmt.where(or_(Execution.created_at < at,
-                              (Execution.created_at == at) & (Execution.id < last_id)))
-    rows = list(db.session.scalars(
-        stmt.order_by(Execution.created_at.desc(), Execution.id.desc()).limit(limit + 1)))
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
-    return rows, next_cursor
+    return keyset_page(db.session, stmt, Execution.created_at, Execution.id, cursor, limit)
 
 
 def cancel(user: User, execution_id: uuid.UUID | str) -> Execution:
@@ -188,10 +186,6 @@ def retry(user: User, execution_id: uuid.UUID | str) -> Execution:
     return execution
 
 
-def _iso(value) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
 def as_api(execution: Execution, *, with_nodes: bool = True) -> dict:
     body = {
         "id": str(execution.id), "workflow_id": str(execution.workflow_id),
@@ -201,12 +195,13 @@ def as_api(execution: Execution, *, with_nodes: bool = True) -> dict:
                     if execution.trigger_event_id else None},
         "status": execution.status, "result": execution.result, "error": execution.error,
         "retry_of": str(execution.retry_of_id) if execution.retry_of_id else None,
-        "created_at": _iso(execution.created_at), "started_at": _iso(execution.started_at),
-        "finished_at": _iso(execution.finished_at),
+        "created_at": isoformat(execution.created_at),
+        "started_at": isoformat(execution.started_at),
+        "finished_at": isoformat(execution.finished_at),
     }
     if with_nodes:
         body["nodes"] = [{
             "node_id": row.node_key, "status": row.status, "attempts": row.attempt,
-            "output": row.output, "error": row.error, "started_at": _iso(row.started_at),
-            "finished_at": _iso(row.finished_at)} for row in node_rows(execution.id)]
+            "output": row.output, "error": row.error, "started_at": isoformat(row.started_at),
+            "finished_at": isoformat(row.finished_at)} for row in node_rows(execution.id)]
     return body

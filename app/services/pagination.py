@@ -7,6 +7,8 @@ import json
 import uuid
 from datetime import datetime
 
+from sqlalchemy import or_
+
 from app.errors import Problem, ValidationFailed
 
 MAX_LIMIT = 200
@@ -27,6 +29,21 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
     except (ValueError, TypeError, json.JSONDecodeError):
         raise ValidationFailed("invalid cursor",
                                [Problem("cursor", "is not a cursor this API gave")]) from None
+
+
+def keyset_page(session, stmt, at_column, id_column, cursor: str | None, limit: int):
+    """Rows of ``stmt`` newest first by (``at_column``, ``id_column``), ``limit`` after
+    ``cursor``; returns the rows and the cursor of the next page (None on the last)."""
+    if after := decode_cursor(cursor):
+        at, last_id = after
+        stmt = stmt.where(or_(at_column < at, (at_column == at) & (id_column < last_id)))
+    rows = list(session.scalars(
+        stmt.order_by(at_column.desc(), id_column.desc()).limit(limit + 1)))
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    last = rows[-1]
+    return rows, encode_cursor(getattr(last, at_column.key), getattr(last, id_column.key))
 
 
 def parse_limit(raw: str | None, default: int = 50) -> int:

@@ -21,8 +21,8 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from datetime import timedelta
-from functools import lru_cache
 from typing import Any
 
 import redis
@@ -100,31 +100,36 @@ def reap(limit: int = 500) -> list[uuid.UUID]:
 
 # --- the definition a run executes -------------------------------------------------------
 
-@lru_cache(maxsize=512)
-def _graph(workflow_id: str, version: int, definition_json: str):
-    import json
-
-    definition = json.loads(definition_json)
-    checked = engine.validate({"name": "run", **definition})
-    return checked.graph, definition
+_GRAPHS: OrderedDict[tuple[uuid.UUID, int], tuple[Any, dict]] = OrderedDict()
+_GRAPHS_MAX = 512
+_graphs_lock = threading.Lock()
 
 
 def _definition(workflow_id: uuid.UUID, version: int) -> dict | None:
     current = workflows.cached_definition(workflow_id)
     if current is not None and current["version"] == version:
         return current["definition"]
-    kept = db.session.scalar(select(WorkflowVersion.definition).where(
+    return db.session.scalar(select(WorkflowVersion.definition).where(
         WorkflowVersion.workflow_id == workflow_id, WorkflowVersion.version == version))
-    return kept
 
 
 def load_graph(workflow_id: uuid.UUID, version: int):
-    import json
-
+    """The validated graph and definition of one workflow version. A version never changes,
+    so it is validated once per process and kept (LRU), with no I/O on later runs."""
+    key = (workflow_id, version)
+    with _graphs_lock:
+        if key in _GRAPHS:
+            _GRAPHS.move_to_end(key)
+            return _GRAPHS[key]
     definition = _definition(workflow_id, version)
     if definition is None:
         return None, None
-    return _graph(str(workflow_id), version, json.dumps(definition, sort_keys=True))
+    loaded = (engine.validate({"name": "run", **definition}).graph, definition)
+    with _graphs_lock:
+        _GRAPHS[key] = loaded
+        if len(_GRAPHS) > _GRAPHS_MAX:
+            _GRAPHS.popitem(last=False)
+    return loaded
 
 
 # --- recording a run ----------------------------------------------------------------------

@@ -10,14 +10,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
 from app import engine
 from app.db import db
 from app.errors import Conflict, NotFound, Problem, ValidationFailed
-from app.models import Credential, User, Workflow, WorkflowVersion, utcnow
+from app.models import Credential, User, Workflow, WorkflowVersion, isoformat, utcnow
 from app.services import audit, cache
-from app.services.pagination import decode_cursor, encode_cursor
+from app.services.pagination import keyset_page
 
 DEFINITION_KEYS = ("nodes", "connections", "settings")
 DEFAULT_SETTINGS = {"concurrency": 1, "timeout_s": 300}
@@ -168,18 +168,7 @@ def list_page(user: User, *, cursor: str | None = None, limit: int = 50,
     if query:
         stmt = stmt.where(func.lower(Workflow.name).contains(query.strip().lower(),
                                                              autoescape=True))
-    after = decode_cursor(cursor)
-    if after:
-        at, last_id = after
-        stmt = stmt.where(or_(Workflow.updated_at < at,
-                              (Workflow.updated_at == at) & (Workflow.id < last_id)))
-    rows = list(db.session.scalars(
-        stmt.order_by(Workflow.updated_at.desc(), Workflow.id.desc()).limit(limit + 1)))
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].updated_at, rows[-1].id)
-    return rows, next_cursor
+    return keyset_page(db.session, stmt, Workflow.updated_at, Workflow.id, cursor, limit)
 
 
 def as_api(workflow: Workflow) -> dict:
@@ -189,9 +178,5 @@ def as_api(workflow: Workflow) -> dict:
         "active": workflow.active, "nodes": definition.get("nodes", []),
         "connections": definition.get("connections", []),
         "settings": definition.get("settings", {}),
-        "created_at": _iso(workflow.created_at), "updated_at": _iso(workflow.updated_at),
+        "created_at": isoformat(workflow.created_at), "updated_at": isoformat(workflow.updated_at),
     }
-
-
-def _iso(value) -> str:
-    return value.isoformat().replace("+00:00", "Z")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from flask import current_app, g, jsonify
 
 from app.extensions import limiter
+from app.models import isoformat
 from app.services import accounts, tokens
 from app.web.api import bp
 from app.web.api.guard import json_object, string_field
@@ -38,7 +39,7 @@ def token():
     user = accounts.authenticate(string_field(body, "email"), string_field(body, "password"),
                                  client_addr=client_addr(), via="api")
     token, expires_at = tokens.issue(user.id)
-    return jsonify(token=token, expires_at=expires_at.isoformat().replace("+00:00", "Z"))
+    return jsonify(token=token, expires_at=isoformat(expires_at))
 
 
 @bp.post("/auth/logout")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from flask import g, jsonify, request
 
+from app.models import isoformat
 from app.services import workflows
 from app.services.pagination import parse_limit
 from app.web.api import bp
@@ -53,5 +54,5 @@ def workflow_versions(workflow_id: str):
     rows = workflows.versions(g.user, workflow_id)
     return jsonify(items=[{"version": v.version, "name": v.name,
                            "created_by": str(v.created_by) if v.created_by else None,
-                           "created_at": workflows._iso(v.created_at)} for v in rows],
+                           "created_at": isoformat(v.created_at)} for v in rows],
                    next_cursor=None)
