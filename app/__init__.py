@@ -65,7 +65,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.web import register_blueprints
 
     register_blueprints(app)
-    app.extensions["jobsprint.queue"] = open_queue(settings.queue_url)
+    app.extensions["jobsprint.queue"] = open_queue(
+        settings.queue_url, **({"queue_name": settings.queue_name} if settings.queue_url else {}))
     if settings.inline_workers:
         from app.workers import start_in_process
 

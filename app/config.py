@@ -54,6 +54,14 @@ class Settings:
     # The embedded default runs its queue workers and clock as threads of the web process.
     inline_workers: bool = True
     clock_interval_s: float = 1.0
+    # How long a claimed run stays with its worker without a renewal (renewed every third of
+    # it); the reaper hands a run on once it has passed.
+    run_lease_s: float = 60.0
+    # RQ queue / RabbitMQ queue name; deployments (and test suites) sharing a broker differ here.
+    queue_name: str = "jobsprint.runs"
+    # JOBSPRINT_HTTP_ALLOW: hosts or CIDRs that http.request may reach although they resolve to
+    # loopback, private, link-local or metadata addresses.
+    http_allow: tuple[str, ...] = ()
     testing: bool = False
 
     @property
@@ -104,6 +112,16 @@ def parse_int(name: str, raw: str, *, minimum: int = 0) -> int:
         raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def parse_float(name: str, raw: str, *, minimum: float = 0.1) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name}: must be at least {minimum:g}, got {raw}")
     return value
 
 
@@ -205,6 +223,12 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         worker_threads=parse_int("JOBSPRINT_WORKER_THREADS",
                                  env.get("JOBSPRINT_WORKER_THREADS", "4"), minimum=1),
         inline_workers=queue_url is None,
+        clock_interval_s=parse_float("JOBSPRINT_CLOCK_INTERVAL_S",
+                                     env.get("JOBSPRINT_CLOCK_INTERVAL_S", "1")),
+        run_lease_s=parse_float("JOBSPRINT_RUN_LEASE_S", env.get("JOBSPRINT_RUN_LEASE_S", "60")),
+        queue_name=env.get("JOBSPRINT_QUEUE_NAME", "jobsprint.runs").strip() or "jobsprint.runs",
+        http_allow=tuple(filter(None, (h.strip() for h in
+                                       env.get("JOBSPRINT_HTTP_ALLOW", "").split(",")))),
     )
     settings = replace(settings, **overrides) if overrides else settings
     if not settings.keks:
