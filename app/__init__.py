@@ -67,6 +67,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_blueprints(app)
     app.extensions["jobsprint.queue"] = open_queue(
         settings.queue_url, **({"queue_name": settings.queue_name} if settings.queue_url else {}))
+    from app.services.http_port import RequestsHttpPort
+
+    # The ports the engine's nodes use in this process's runs (a worker, or the embedded app).
+    app.extensions["jobsprint.http_port"] = RequestsHttpPort.from_settings(settings)
     if settings.inline_workers:
         from app.workers import start_in_process
 

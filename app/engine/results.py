@@ -82,6 +82,9 @@ class RunOptions:
     inline_wait_max_s: float = 5.0  # longer waits (and retry backoffs) park the run
     secrets: Iterable[str] = ()  # values masked as *** in stored errors
     render_limits: RenderLimits = field(default_factory=RenderLimits)
+    # When the run first started: settings.timeout_s counts from here (waits included), so a
+    # run resumed after a crash does not get a fresh timeout. None: from this call.
+    started_at: datetime | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "secrets", tuple(self.secrets))

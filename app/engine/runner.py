@@ -106,7 +106,8 @@ class _Run:
         self.trigger_output: Any = None
         self.result: Any = None
         timeout = graph.timeout_s
-        self.run_deadline = clock.now() + timedelta(seconds=timeout) if timeout else None
+        began = options.started_at or clock.now()
+        self.run_deadline = began + timedelta(seconds=timeout) if timeout else None
 
     def start(self, trigger_id: str | None, trigger_output: Any) -> RunResult:
         if trigger_id is None and self.graph.triggers:

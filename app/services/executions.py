@@ -32,7 +32,11 @@ from app.services import audit, idempotency, workflows
 from app.services.pagination import keyset_page
 
 log = logging.getLogger(__name__)
-PUBLISH_GRACE = timedelta(seconds=30)  # a queued run nobody claimed by then is re-published
+
+
+def publish_grace() -> timedelta:
+    """A queued run nobody has claimed within this (the run lease) is published again."""
+    return timedelta(seconds=current_app.config["SETTINGS"].run_lease_s)
 
 
 def _queue():
@@ -69,7 +73,7 @@ def new_execution(workflow, *, trigger_type: str, trigger_node_id: str, input: A
         workflow_version=version or workflow.version, trigger_type=trigger_type,
         trigger_node_id=trigger_node_id, trigger_event_id=trigger_event_id,
         retry_of_id=retry_of_id, input=input, status="queued",
-        lease_expires_at=utcnow() + PUBLISH_GRACE)
+        lease_expires_at=utcnow() + publish_grace())
     db.session.add(execution)
     return execution
 

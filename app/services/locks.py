@@ -1,14 +1,15 @@
 """Per-workflow concurrency: at most ``settings.concurrency`` runs of a workflow at once.
 
-A Redis sorted set ``wflock:{workflow_id}`` holds one member per running holder, scored by
-when its hold expires (TTL 5 min, renewed while the run goes on). Expired members are dropped
-on every acquire, so a worker that died frees its slot by itself. This is for efficiency only:
+A Redis sorted set ``wflock:{workflow_id}`` holds one member per running run (its execution
+id), scored by when its hold expires (TTL 5 min, renewed while the run goes on). Expired
+members are dropped on every acquire, so a slot whose holder vanished frees itself. A run
+handed to another worker (its first worker died) finds its own member and takes its slot back
+at once, rather than waiting out the TTL behind its own ghost. This is for efficiency only:
 correctness comes from the run's fencing epoch in the database.
 """
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import redis
@@ -17,9 +18,11 @@ TTL_S = 300
 
 _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+local mine = redis.call('ZSCORE', KEYS[1], ARGV[4])
+if mine or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  if mine then return 2 end
   return 1
 end
 return 0
@@ -36,9 +39,9 @@ return 0
 
 
 class WorkflowSlot:
-    """One holder's claim on one of a workflow's concurrency slots."""
+    """One run's claim on one of a workflow's concurrency slots."""
 
-    def __init__(self, store: redis.Redis, workflow_id: str, limit: int,
+    def __init__(self, store: redis.Redis, workflow_id: str, limit: int, holder: str,
                  ttl_s: int = TTL_S) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -46,14 +49,16 @@ class WorkflowSlot:
         self.key = f"wflock:{workflow_id}"
         self.limit = limit
         self.ttl_s = ttl_s
-        self.token = secrets.token_hex(8)
+        self.token = holder
         self.held = False
+        self.inherited = False  # the slot was already this run's (an earlier delivery's)
 
     def acquire(self) -> bool:
         now = time.time()
-        self.held = bool(self.store.eval(
-            _ACQUIRE, 1, self.key, now, now + self.ttl_s, self.limit, self.token,
-            int(self.ttl_s * 1000)))
+        answer = self.store.eval(_ACQUIRE, 1, self.key, now, now + self.ttl_s, self.limit,
+                                 self.token, int(self.ttl_s * 1000))
+        self.held = bool(answer)
+        self.inherited = answer == 2
         return self.held
 
     def renew(self) -> bool:
@@ -62,6 +67,13 @@ class WorkflowSlot:
         self.held = bool(self.store.eval(
             _RENEW, 1, self.key, time.time() + self.ttl_s, self.token, int(self.ttl_s * 1000)))
         return self.held
+
+    def abandon(self) -> None:
+        """This delivery did not get the run after all (a duplicate): give back only a slot
+        it added, never the one the run's real holder is using."""
+        if self.held and not self.inherited:
+            self.release()
+        self.held = False
 
     def release(self) -> None:
         if self.held:

@@ -33,14 +33,12 @@ from app import engine
 from app.db import db
 from app.live import events
 from app.models import FINAL_STATES, Execution, ExecutionNode, WorkflowVersion, utcnow
-from app.services import workflows
+from app.services import executions, workflows
 from app.services.locks import WorkflowSlot
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(seconds=60)
 DEFER = timedelta(seconds=5)
-PUBLISH_GRACE = timedelta(seconds=30)
 FLUSH_INTERVAL_S = 0.25
 SIDE_EFFECT_TYPES = ("http.", "ai.", "integration.", "logic.wait")
 
@@ -53,6 +51,10 @@ def _store() -> redis.Redis:
     return current_app.extensions["jobsprint.store"]
 
 
+def _lease() -> timedelta:
+    return timedelta(seconds=current_app.config["SETTINGS"].run_lease_s)
+
+
 # --- claiming ---------------------------------------------------------------------------
 
 def claim(execution_id: uuid.UUID) -> int | None:
@@ -62,19 +64,54 @@ def claim(execution_id: uuid.UUID) -> int | None:
         update(Execution)
         .where(Execution.id == execution_id, Execution.status == "queued")
         .values(status="running", epoch=Execution.epoch + 1,
-                deliveries=Execution.deliveries + 1, lease_expires_at=now + LEASE,
+                deliveries=Execution.deliveries + 1, lease_expires_at=now + _lease(),
                 started_at=func.coalesce(Execution.started_at, now), updated_at=now)
         .returning(Execution.epoch)).scalar()
     db.session.commit()
     return epoch
 
 
-def defer(execution_id: uuid.UUID, delay: timedelta = DEFER) -> None:
-    """Leave the run queued; the reaper publishes it again after ``delay``."""
+def _deferred_marker(workflow_id: uuid.UUID) -> str:
+    return f"wfdeferred:{workflow_id}"
+
+
+def defer(execution_id: uuid.UUID, workflow_id: uuid.UUID, delay: timedelta = DEFER) -> None:
+    """Leave the run queued; the reaper publishes it again after ``delay``, or sooner, when a
+    run of the same workflow frees its slot (``wake_deferred``)."""
     db.session.execute(update(Execution)
                        .where(Execution.id == execution_id, Execution.status == "queued")
                        .values(lease_expires_at=utcnow() + delay))
     db.session.commit()
+    try:
+        _store().set(_deferred_marker(workflow_id), 1, ex=int(delay.total_seconds() * 2))
+    except redis.RedisError as exc:
+        log.warning("could not mark workflow %s as having deferred runs: %s", workflow_id, exc)
+
+
+def wake_deferred(workflow_id: uuid.UUID) -> list[uuid.UUID]:
+    """A slot of ``workflow_id`` was freed: publish its longest-deferred run now instead of
+    when its deferral ends, so a burst on a concurrency-1 workflow runs back to back rather
+    than one run per deferral period. Only runs when some run of the workflow was deferred
+    recently (a Redis marker), so an uncontended workflow pays one Redis round trip."""
+    if not _store().exists(_deferred_marker(workflow_id)):
+        return []
+    now = utcnow()
+    candidate = (select(Execution.id)
+                 .where(Execution.status == "queued", Execution.lease_expires_at > now,
+                        Execution.lease_expires_at <= now + DEFER,
+                        Execution.workflow_id == workflow_id)
+                 .order_by(Execution.lease_expires_at).limit(1))
+    if not db.is_sqlite:
+        candidate = candidate.with_for_update(skip_locked=True)
+    ids = list(db.session.scalars(candidate))
+    if ids:
+        db.session.execute(update(Execution)
+                           .where(Execution.id.in_(ids), Execution.status == "queued")
+                           .values(lease_expires_at=now + executions.publish_grace()))
+    db.session.commit()
+    if ids:
+        executions.publish(ids)
+    return ids
 
 
 def reap(limit: int = 500) -> list[uuid.UUID]:
@@ -93,7 +130,7 @@ def reap(limit: int = 500) -> list[uuid.UUID]:
             update(Execution).where(Execution.id.in_(ids),
                                     Execution.status.in_(("queued", "running", "waiting")))
             .values(status="queued", epoch=Execution.epoch + 1,
-                    lease_expires_at=now + PUBLISH_GRACE, updated_at=now))
+                    lease_expires_at=now + executions.publish_grace(), updated_at=now))
     db.session.commit()
     return ids
 
@@ -194,7 +231,7 @@ class RunRecorder:
         """Commit pending node rows (and the final state) in one fenced transaction."""
         session = db.session
         now = utcnow()
-        values = {"lease_expires_at": now + LEASE, "updated_at": now, **(final or {})}
+        values = {"lease_expires_at": now + _lease(), "updated_at": now, **(final or {})}
         touched = session.execute(
             update(Execution).where(Execution.id == self.execution_id,
                                     Execution.epoch == self.epoch).values(**values)).rowcount
@@ -212,7 +249,9 @@ class RunRecorder:
                            ExecutionNode.node_key == row["node_key"],
                            ExecutionNode.attempt == row["attempt"])
                     .values(**{k: v for k, v in row.items()
-                               if k not in ("node_key", "attempt")}))
+                               if k not in ("node_key", "attempt")
+                               # a resumed wait does not know when it started; keep the row's
+                               and not (k == "started_at" and v is None)}))
             else:
                 self.existing.add(ident)
                 inserts.append({"id": uuid.uuid4(), "execution_id": self.execution_id, **row})
@@ -253,6 +292,7 @@ class LeaseKeeper:
 
     def __init__(self, app) -> None:
         self.app = app
+        self.lease = timedelta(seconds=app.config["SETTINGS"].run_lease_s)
         self.active: dict[uuid.UUID, tuple[RunRecorder, WorkflowSlot]] = {}
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -270,7 +310,7 @@ class LeaseKeeper:
             self.active.pop(execution_id, None)
 
     def _loop(self) -> None:
-        interval = LEASE.total_seconds() / 3
+        interval = self.lease.total_seconds() / 3
         while True:
             time.sleep(interval)
             with self.lock:
@@ -278,11 +318,11 @@ class LeaseKeeper:
             if not held:
                 continue
             with self.app.app_context():
-                self.renew(held)
+                self.renew(held, self.lease)
 
     @staticmethod
-    def renew(held) -> None:
-        lease = utcnow() + LEASE
+    def renew(held, lease: timedelta) -> None:
+        lease = utcnow() + lease
         with db.engine.begin() as conn:
             for recorder, _slot in held:
                 renewed = conn.execute(
@@ -309,17 +349,24 @@ def _keeper() -> LeaseKeeper:
 
 # --- the queue handler --------------------------------------------------------------------
 
+def _ports(recorder: RunRecorder) -> engine.Ports:
+    return engine.Ports(http=current_app.extensions.get("jobsprint.http_port"),
+                        is_cancelled=recorder.is_cancelled)
+
+
 def _resume_state(execution_id: uuid.UUID) -> tuple[dict, set[tuple[str, int]]]:
     rows = db.session.execute(
         select(ExecutionNode.node_key, ExecutionNode.attempt, ExecutionNode.status,
-               ExecutionNode.output, ExecutionNode.output_name, ExecutionNode.resume_at)
+               ExecutionNode.output, ExecutionNode.output_name, ExecutionNode.resume_at,
+               ExecutionNode.error)
         .where(ExecutionNode.execution_id == execution_id)
         .order_by(ExecutionNode.node_key, ExecutionNode.attempt)).all()
     latest = {}
     for row in rows:
         latest[row.node_key] = engine.NodeState(
             status=row.status, output=row.output, output_name=row.output_name,
-            attempts=row.attempt, resume_at=row.resume_at)
+            attempts=row.attempt, resume_at=row.resume_at,
+            error=row.error.get("message") if isinstance(row.error, dict) else row.error)
     return latest, {(row.node_key, row.attempt) for row in rows}
 
 
@@ -335,26 +382,32 @@ def run_execution(execution_id: str) -> None:
 def _run(execution_id: uuid.UUID) -> None:
     head = db.session.execute(
         select(Execution.user_id, Execution.workflow_id, Execution.workflow_version,
-               Execution.status, Execution.trigger_node_id, Execution.input)
+               Execution.status, Execution.trigger_node_id, Execution.input,
+               Execution.started_at)
         .where(Execution.id == execution_id)).one_or_none()
     db.session.commit()
     if head is None or head.status in FINAL_STATES or head.status != "queued":
         return
     graph, definition = load_graph(head.workflow_id, head.workflow_version)
     concurrency = int(((definition or {}).get("settings") or {}).get("concurrency", 1))
-    slot = WorkflowSlot(_store(), str(head.workflow_id), max(1, concurrency))
+    slot = WorkflowSlot(_store(), str(head.workflow_id), max(1, concurrency),
+                        holder=str(execution_id))
     try:
         acquired = slot.acquire()
     except redis.RedisError as exc:
         log.warning("workflow slots unavailable (%s); running on the database fence alone", exc)
         acquired = True
     if not acquired:
-        defer(execution_id)
+        defer(execution_id, head.workflow_id)
         return
     keeper = _keeper()
+    # Who gives the slot back: the run's claimant when it stops, a duplicate delivery only if
+    # it added the slot, and a fenced-out worker never (the run's new holder shares the slot).
+    give_back = slot.release
     try:
         epoch = claim(execution_id)
         if epoch is None:
+            give_back = slot.abandon
             return
         resume, existing = _resume_state(execution_id)
         side_effects = {n["id"] for n in (definition or {}).get("nodes", [])
@@ -372,15 +425,27 @@ def _run(execution_id: uuid.UUID) -> None:
         result = engine.run_graph(
             graph, trigger_id=head.trigger_node_id, trigger_output=head.input,
             execution={"id": str(execution_id), "workflow_id": str(head.workflow_id)},
-            callbacks=recorder, ports=engine.Ports(is_cancelled=recorder.is_cancelled),
-            resume=resume)
+            callbacks=recorder, ports=_ports(recorder), resume=resume,
+            options=engine.RunOptions(started_at=head.started_at))
         recorder.finish(result)
     except Fenced:
         log.info("run %s was handed to another worker; this one stops", execution_id)
         db.session.rollback()
+        give_back = None
     finally:
         keeper.untrack(execution_id)
-        try:
-            slot.release()
-        except redis.RedisError as exc:
-            log.warning("could not release workflow slot %s: %s", slot.key, exc)
+        if give_back is not None:
+            _give_back(give_back, slot, head.workflow_id)
+
+
+def _give_back(release, slot: WorkflowSlot, workflow_id: uuid.UUID) -> None:
+    try:
+        release()
+    except redis.RedisError as exc:
+        log.warning("could not release workflow slot %s: %s", slot.key, exc)
+        return
+    try:
+        wake_deferred(workflow_id)
+    except Exception as exc:  # noqa: BLE001 - the reaper publishes deferred runs anyway
+        db.session.rollback()
+        log.warning("could not wake deferred runs of workflow %s: %s", workflow_id, exc)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from app.errors import RateLimited, ServiceError
@@ -14,7 +16,8 @@ log = logging.getLogger(__name__)
 
 CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
          405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-         422: "unprocessable", 429: "rate_limited", 500: "internal_error"}
+         422: "unprocessable", 429: "rate_limited", 500: "internal_error",
+         503: "service_unavailable"}
 MESSAGES = {
     400: "The request could not be understood.",
     401: "You need to sign in.",
@@ -59,6 +62,16 @@ def _http_error(exc: HTTPException):
     return error_response(status, message)
 
 
+def _outage(exc: Exception):
+    """A service we depend on is down: say which, and when to come back; log the detail."""
+    part = "store (Redis)" if isinstance(exc, redis.RedisError) else "database"
+    log.warning("%s unavailable on %s %s: %s", part, request.method, request.path,
+                type(exc).__name__)
+    response, status = error_response(
+        503, f"The {part} is unavailable. Try again in a moment.")
+    return response, status, {"Retry-After": "5"}
+
+
 def _unexpected_error(exc: Exception):
     if isinstance(exc, HTTPException) and not isinstance(exc, InternalServerError):
         return _http_error(exc)
@@ -70,4 +83,8 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(redis.ConnectionError, _outage)
+    app.register_error_handler(redis.TimeoutError, _outage)
+    app.register_error_handler(OperationalError, _outage)  # connection lost, database locked
+    app.register_error_handler(InterfaceError, _outage)
     app.register_error_handler(Exception, _unexpected_error)

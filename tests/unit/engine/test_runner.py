@@ -271,6 +271,18 @@ def test_the_run_timeout_stops_the_run():
     assert "after" not in recorder.statuses()
 
 
+def test_a_resumed_run_keeps_the_timeout_of_its_first_start():
+    clock = FakeClock()
+    defn = {**chain(http(), node("after", "logic.noop")), "settings": {"timeout_s": 10}}
+    port = FakeHttp({"status": 200}, clock=clock, takes_s=4)
+    first_start = clock.current - timedelta(seconds=8)
+    result, recorder = run(defn, clock=clock, ports=Ports(http=port),
+                           options=RunOptions(started_at=first_start))
+    assert result.error == {"node_id": "after",
+                            "message": "the run took longer than its 10s limit"}
+    assert port.calls[0]["deadline"] == first_start + timedelta(seconds=10)
+
+
 def test_cancellation_is_checked_before_each_node():
     checks = []
 
