@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 from sqlalchemy import func, select
@@ -42,9 +43,10 @@ def api(client, auth):
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 body = self.get(f"/api/v1/executions/{execution_id}").get_json()
+                assert "status" in body, body
                 if body["status"] in states:
                     return body
-                time.sleep(0.05)
+                time.sleep(0.1)  # under the API's per-user rate limit
             raise AssertionError(f"run {execution_id} still {body['status']}")
 
     return Api()
@@ -140,3 +142,26 @@ def test_other_users_runs_are_404(client, auth, api):
     assert client.post(f"/api/v1/workflows/{workflow_id}/run", headers=other,
                        json={"input": {}}).status_code == 404
     assert client.get("/api/v1/executions", headers=other).get_json()["items"] == []
+
+
+def test_a_long_wait_parks_the_run_and_the_clock_resumes_it(api, app):
+    definition = chain("{{ input.n + 1 }}")
+    definition["nodes"].insert(1, {"id": "pause", "type": "logic.wait",
+                                   "params": {"seconds": 6}})
+    definition["connections"] = [{"from": "start", "to": "pause"},
+                                 {"from": "pause", "to": "set0"}]
+    workflow_id = api.post("/api/v1/workflows", definition).get_json()["id"]
+    execution_id = api.post(f"/api/v1/workflows/{workflow_id}/run",
+                            {"input": {"n": 1}}).get_json()["execution_id"]
+    parked = api.wait(execution_id, states=("waiting",))
+    assert parked["finished_at"] is None
+    run = api.wait(execution_id, timeout=30)
+    assert run["status"] == "succeeded", run
+    nodes = {n["node_id"]: n for n in run["nodes"]}
+    pause = nodes["pause"]
+    assert pause["status"] == "succeeded"
+    assert pause["started_at"] is not None  # kept from before the park
+    assert pause["finished_at"] > pause["started_at"]
+    with app.app_context():
+        row = db.session.get(Execution, uuid.UUID(execution_id))
+        assert (row.finished_at - row.started_at).total_seconds() >= 5.9
