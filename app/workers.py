@@ -47,12 +47,25 @@ def clock_loop(app: Flask, stop: threading.Event) -> None:
 
 def start_in_process(app: Flask) -> threading.Event:
     """Embedded default: queue workers and the clock as daemon threads; set the returned event
-    to stop them."""
+    (or call ``stop_in_process``) to stop them."""
     settings = app.config["SETTINGS"]
     queue = app.extensions["jobsprint.queue"]
     stop = threading.Event()
-    threading.Thread(target=queue.consume, args=(handler_for(app),),
-                     kwargs={"stop": stop, "concurrency": settings.worker_threads},
-                     name="inline-workers", daemon=True).start()
-    threading.Thread(target=clock_loop, args=(app, stop), name="clock", daemon=True).start()
+    threads = [
+        threading.Thread(target=queue.consume, args=(handler_for(app),),
+                         kwargs={"stop": stop, "concurrency": settings.worker_threads},
+                         name="inline-workers", daemon=True),
+        threading.Thread(target=clock_loop, args=(app, stop), name="clock", daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    app.extensions["jobsprint.threads"] = threads
     return stop
+
+
+def stop_in_process(app: Flask, timeout_s: float = 10.0) -> None:
+    """Stop the embedded workers and clock and wait for them (runs in flight finish)."""
+    if stop := app.extensions.get("jobsprint.stop"):
+        stop.set()
+    for thread in app.extensions.get("jobsprint.threads", ()):
+        thread.join(timeout_s)

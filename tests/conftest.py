@@ -22,6 +22,7 @@ from app import create_app
 from app.config import KeyEncryptionKey, load_settings
 from app.db import db
 from app.migrate import upgrade
+from app.workers import stop_in_process
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -110,8 +111,7 @@ def app(mode, tmp_path, request, settings_overrides):
     settings = make_settings(mode, tmp_path, request, **settings_overrides)
     application = create_app(settings)
     yield application
-    if stop := application.extensions.get("jobsprint.stop"):
-        stop.set()
+    stop_in_process(application)
     db.remove()
     if mode == "production":
         _clean_postgres()

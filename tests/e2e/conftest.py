@@ -9,6 +9,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from app import create_app
+from app.workers import stop_in_process
 from tests.conftest import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +28,9 @@ def live_server(tmp_path, request):
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join(timeout=5)
+    # Stop its in-process workers and clock: they would otherwise go on using the process's
+    # one database handle after a later test points it elsewhere.
+    stop_in_process(application)
 
 
 @pytest.fixture(scope="session")
