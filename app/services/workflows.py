@@ -16,7 +16,7 @@ from app import engine
 from app.db import db
 from app.errors import Conflict, NotFound, Problem, ValidationFailed
 from app.models import Credential, User, Workflow, WorkflowVersion, isoformat, utcnow
-from app.services import audit, cache
+from app.services import audit, cache, triggers
 from app.services.pagination import keyset_page
 
 DEFINITION_KEYS = ("nodes", "connections", "settings")
@@ -106,6 +106,7 @@ def create(user: User, data: Any) -> Workflow:
     db.session.add(workflow)
     db.session.flush()
     _keep_version(workflow, user.id)
+    triggers.sync(workflow)
     audit.record("workflow.create", user_id=user.id, target_type="workflow",
                  target_id=workflow.id, version=1)
     db.session.commit()
@@ -126,6 +127,7 @@ def update(user: User, workflow_id: uuid.UUID | str, data: Any) -> Workflow:
     workflow.version += 1
     db.session.flush()
     _keep_version(workflow, user.id)
+    triggers.sync(workflow)
     audit.record("workflow.update", user_id=user.id, target_type="workflow",
                  target_id=workflow.id, version=workflow.version)
     db.session.commit()
@@ -137,6 +139,7 @@ def delete(user: User, workflow_id: uuid.UUID | str) -> None:
     workflow = get_owned(user.id, workflow_id)
     workflow.deleted_at = utcnow()
     workflow.active = False
+    triggers.sync(workflow)
     audit.record("workflow.delete", user_id=user.id, target_type="workflow",
                  target_id=workflow.id)
     db.session.commit()
@@ -147,6 +150,7 @@ def set_active(user: User, workflow_id: uuid.UUID | str, active: bool) -> Workfl
     workflow = get_owned(user.id, workflow_id)
     if workflow.active != active:
         workflow.active = active
+        triggers.sync(workflow)
         audit.record("workflow.activate" if active else "workflow.deactivate",
                      user_id=user.id, target_type="workflow", target_id=workflow.id)
         db.session.commit()
