@@ -51,14 +51,12 @@ class WorkflowSlot:
         self.ttl_s = ttl_s
         self.token = holder
         self.held = False
-        self.inherited = False  # the slot was already this run's (an earlier delivery's)
 
     def acquire(self) -> bool:
         now = time.time()
         answer = self.store.eval(_ACQUIRE, 1, self.key, now, now + self.ttl_s, self.limit,
                                  self.token, int(self.ttl_s * 1000))
-        self.held = bool(answer)
-        self.inherited = answer == 2
+        self.held = bool(answer)  # 2: the slot was already this run's (an earlier delivery's)
         return self.held
 
     def renew(self) -> bool:
@@ -68,14 +66,14 @@ class WorkflowSlot:
             _RENEW, 1, self.key, time.time() + self.ttl_s, self.token, int(self.ttl_s * 1000)))
         return self.held
 
-    def abandon(self) -> None:
-        """This delivery did not get the run after all (a duplicate): give back only a slot
-        it added, never the one the run's real holder is using."""
-        if self.held and not self.inherited:
-            self.release()
-        self.held = False
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.store.zrem(self.key, self.token)
+    def release(self, check: str | None = None) -> bool:
+        """Give the slot back. With ``check``, also say (same round trip) whether that key
+        exists — the marker of runs waiting for a slot of this workflow."""
+        held, self.held = self.held, False
+        pipe = self.store.pipeline(transaction=False)
+        if held:
+            pipe.zrem(self.key, self.token)
+        if check is not None:
+            pipe.exists(check)
+        answers = pipe.execute() if (held or check is not None) else []
+        return bool(answers[-1]) if check is not None else False
