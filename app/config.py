@@ -62,6 +62,12 @@ class Settings:
     # JOBSPRINT_HTTP_ALLOW: hosts or CIDRs that http.request may reach although they resolve to
     # loopback, private, link-local or metadata addresses.
     http_allow: tuple[str, ...] = ()
+    # Webhooks: JOBSPRINT_ALLOW_UNSIGNED_WEBHOOKS lets a trigger.webhook use ``auth: none``;
+    # JOBSPRINT_WEBHOOK_MAX_BYTES caps a delivery's body; JOBSPRINT_WEBHOOK_ROTATION_GRACE_S is
+    # how long a rotated-out secret still verifies.
+    allow_unsigned_webhooks: bool = False
+    webhook_body_limit: int = 1_048_576
+    webhook_rotation_grace_s: int = 86400
     testing: bool = False
 
     @property
@@ -229,6 +235,15 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         queue_name=env.get("JOBSPRINT_QUEUE_NAME", "jobsprint.runs").strip() or "jobsprint.runs",
         http_allow=tuple(filter(None, (h.strip() for h in
                                        env.get("JOBSPRINT_HTTP_ALLOW", "").split(",")))),
+        allow_unsigned_webhooks=parse_boolean(
+            "JOBSPRINT_ALLOW_UNSIGNED_WEBHOOKS",
+            env.get("JOBSPRINT_ALLOW_UNSIGNED_WEBHOOKS", "false")),
+        webhook_body_limit=parse_int("JOBSPRINT_WEBHOOK_MAX_BYTES",
+                                     env.get("JOBSPRINT_WEBHOOK_MAX_BYTES", "1048576"),
+                                     minimum=1),
+        webhook_rotation_grace_s=parse_int(
+            "JOBSPRINT_WEBHOOK_ROTATION_GRACE_S",
+            env.get("JOBSPRINT_WEBHOOK_ROTATION_GRACE_S", "86400")),
     )
     settings = replace(settings, **overrides) if overrides else settings
     if not settings.keks:

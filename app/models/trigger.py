@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, IdMixin, SoftDeleteMixin, TimestampMixin, utcnow
@@ -46,7 +46,14 @@ class TriggerEvent(IdMixin, SoftDeleteMixin, Base):
     """One accepted delivery (webhook) or fired slot (schedule), before its runs."""
 
     __tablename__ = "trigger_events"
-    __table_args__ = (UniqueConstraint("webhook_id", "dedupe_key"),)
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "dedupe_key"),
+        # The constraint above holds nothing for schedules (NULL webhook_id): one slot of one
+        # schedule (dedupe_key = workflow:node:slot) is unique here instead (migration 0002).
+        Index("uq_trigger_events_schedule_slot", "dedupe_key", unique=True,
+              postgresql_where=text("kind = 'schedule'"),
+              sqlite_where=text("kind = 'schedule'")),
+    )
 
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     webhook_id: Mapped[uuid.UUID | None] = mapped_column(
@@ -71,7 +78,7 @@ class Schedule(IdMixin, TimestampMixin, Base):
         ForeignKey("workflows.id", ondelete="CASCADE")
     )
     node_id: Mapped[str] = mapped_column(String(64))
-    cron: Mapped[str] = mapped_column(String(120))
+    cron: Mapped[str] = mapped_column(String(200))  # as long as the node param allows
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     active: Mapped[bool] = mapped_column(default=True)
     next_run_at: Mapped[datetime]

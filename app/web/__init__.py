@@ -10,6 +10,7 @@ def register_blueprints(app: Flask) -> None:
     from app.web import errors, security
     from app.web.api import bp as api_bp
     from app.web.auth import bp as auth_bp
+    from app.web.hooks import bp as hooks_bp
     from app.web.settings import bp as settings_bp
     from app.web.workflows import bp as workflows_bp
 
@@ -17,5 +18,6 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(workflows_bp)
     app.register_blueprint(settings_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(hooks_bp)
     security.init_app(app)
     errors.init_app(app)

@@ -60,7 +60,8 @@ MANUAL = NodeType(
 SCHEDULE = NodeType(
     name="trigger.schedule", group="Triggers", label="On a schedule",
     description="Starts the workflow on a cron schedule; outputs "
-                '{"scheduled_for", "fired_at"} as ISO 8601 times.',
+                '{"scheduled_for", "fired_at"} as ISO 8601 times, and "missed_slots": '
+                "how many earlier slots were skipped while no clock ran.",
     params_schema={
         "type": "object", "additionalProperties": False, "required": ["cron"],
         "properties": {

@@ -1,0 +1,114 @@
+"""``POST /hooks/<token>``: signed webhook deliveries (DESIGN.md, "Webhook signatures").
+
+Cheap refusals come first and the body is read last: a declared size over the limit is a 413
+before anything is read, a non-JSON type a 415, an unknown or inactive webhook a 404; then the
+body is read up to the limit (a body without Content-Length stops there too), and the service
+verifies, parses, checks and accepts it. Errors are JSON like the API's; no cookies, no CSRF.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from app.db import db
+from app.errors import PayloadTooLarge, ServiceError, UnsupportedMediaType
+from app.extensions import csrf
+from app.live.waiting import wait_for_run
+from app.services import webhooks
+
+log = logging.getLogger(__name__)
+bp = Blueprint("hooks", __name__)
+csrf.exempt(bp)  # authenticated by the signature, never by a cookie
+CHUNK = 64 * 1024
+
+
+@bp.errorhandler(ServiceError)
+def _service_error(exc: ServiceError):
+    return jsonify(exc.as_dict()), exc.status
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException):
+    status = exc.code or 500
+    code = "payload_too_large" if status == 413 else "bad_request"
+    return jsonify(error={"code": code, "message": exc.name, "details": []}), status
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+
+
+def _read_body(limit: int) -> bytes:
+    """The raw body, refusing (413) as soon as it passes ``limit``, whatever was declared."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    stream = request.stream
+    while True:
+        chunk = stream.read(min(CHUNK, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+
+
+@bp.post("/hooks/<token>")
+def receive(token: str):
+    limit = webhooks.body_limit()
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    if not request.is_json:
+        raise UnsupportedMediaType(
+            "the body must be JSON (Content-Type: application/json)")
+    hook = webhooks.lookup(token)
+    try:
+        body = _read_body(webhooks.body_limit(hook))
+        delivery = webhooks.receive(hook, body, request.headers, request.args)
+    except ServiceError as exc:
+        webhooks.count(hook.id, "rejected")
+        log.info("webhook %s refused a delivery: %s %s", hook.id, exc.status, exc.message)
+        raise
+    answer = {"event_id": str(delivery.event_id),
+              "execution_ids": [str(i) for i in delivery.execution_ids]}
+    params = delivery.params
+    if params.get("respond") != "when_finished" or not delivery.execution_ids:
+        return jsonify(answer), 202
+    return _when_finished(delivery, answer, float(params.get("timeout_s", 30)))
+
+
+def _when_finished(delivery: webhooks.Delivery, answer: dict, timeout_s: float):
+    """Wait for the first run; answer with its result, or 504 with its id (it goes on)."""
+    execution_id = delivery.execution_ids[0]
+    db.remove()  # hold no connection while waiting
+
+    def read_status() -> str | None:
+        try:
+            outcome = webhooks.run_outcome(execution_id)
+        finally:
+            db.remove()
+        return outcome[0] if outcome else None
+
+    status = wait_for_run(current_app.extensions["jobsprint.store"], delivery.user_id,
+                          execution_id, timeout_s, read_status)
+    headers = {"X-Jobsprint-Execution-Id": str(execution_id),
+               "X-Jobsprint-Event-Id": answer["event_id"]}
+    if status is None:
+        body = {**answer, "execution_id": str(execution_id), "error": {
+            "code": "timeout", "details": [],
+            "message": f"the run did not finish within {timeout_s:g} s; it goes on"}}
+        return jsonify(body), 504, headers
+    try:
+        outcome = webhooks.run_outcome(execution_id)
+    finally:
+        db.remove()
+    status, result, error = outcome
+    headers["X-Jobsprint-Run-Status"] = status
+    if status == "succeeded":
+        return current_app.json.response(result), 200, headers
+    # The delivery itself succeeded; a failed run is news for the caller, not an HTTP error.
+    return jsonify(status=status, execution_id=str(execution_id), error=error), 200, headers
