@@ -52,6 +52,21 @@ def publish(execution_ids: list[uuid.UUID]) -> None:
                     len(execution_ids), exc)
 
 
+def announce(runs: list[Execution]) -> None:
+    """Tell the owners' live pages the state of runs just committed (new ones: ``queued``).
+    Called after the commit and before the queue sees them, so a worker's later events for a
+    run always follow this one."""
+    from app.live import events
+
+    by_user: dict[uuid.UUID, list[dict]] = {}
+    for run in runs:
+        by_user.setdefault(run.user_id, []).append({
+            "type": "run", "execution_id": str(run.id), "workflow_id": str(run.workflow_id),
+            "status": run.status})
+    for user_id, batch in by_user.items():
+        events.publish_many(current_app.extensions["jobsprint.store"], user_id, batch)
+
+
 def _trigger_node(definition: dict, trigger_type: str, node_id: str | None) -> str:
     wanted = {"manual": "trigger.manual", "schedule": "trigger.schedule",
               "webhook": "trigger.webhook"}[trigger_type]
@@ -104,6 +119,7 @@ def start_manual(user: User, workflow_id: uuid.UUID | str, input: Any, *,
         return get_owned(user.id, idempotency.winner(key, digest)), False
     if key:
         idempotency.cache_answer(key, digest, execution.id)
+    announce([execution])
     publish([execution.id])
     return execution, True
 
@@ -161,6 +177,8 @@ def cancel(user: User, execution_id: uuid.UUID | str) -> Execution:
                  target_id=execution.id)
     db.session.commit()
     db.session.refresh(execution)
+    if done:
+        announce([execution])
     return execution
 
 
@@ -186,6 +204,7 @@ def retry(user: User, execution_id: uuid.UUID | str) -> Execution:
     audit.record("execution.retry", user_id=user.id, target_type="execution",
                  target_id=execution.id, retry_of=str(old.id))
     db.session.commit()
+    announce([execution])
     publish([execution.id])
     return execution
 

@@ -313,9 +313,11 @@ def fire_due(now: datetime | None = None, limit: int = 100) -> list[uuid.UUID]:
         return []
     owners = {w.id: w for w in db.session.scalars(
         select(Workflow).where(Workflow.id.in_({s.workflow_id for s in due})))}
-    started = [run.id for schedule in due
-               if (run := _fire(schedule, owners.get(schedule.workflow_id), now)) is not None]
+    fired = [run for schedule in due
+             if (run := _fire(schedule, owners.get(schedule.workflow_id), now)) is not None]
     db.session.commit()
+    started = [run.id for run in fired]
     if started:
+        executions.announce(fired)
         executions.publish(started)
     return started

@@ -468,6 +468,7 @@ def accept(hook: HookConfig, payload: dict, dedupe_key: str) -> Delivery:
         session.rollback()
         return _first_delivery(hook, dedupe_key)
     ids = [run.id for run in runs]
+    executions.announce(runs)
     executions.publish(ids)
     count(hook.id, "accepted")
     return Delivery(event_row.id, ids, False, hook.user_id, hook.first_params)

@@ -1,0 +1,363 @@
+"""W1 and W2 (DESIGN.md) through signed webhooks, on the production stack, beside its parts.
+
+    .venv/bin/python bench/webhook_bench.py [--concurrency 1,10,50] [--seconds 10]
+        [--w2-seconds 10] [--workers 2] [--web-threads 64] [--profile DIR]
+
+The stack is w2_bench's (imported, not copied): one gunicorn gthread web process
+(``--web-threads`` threads; a when_finished request holds one thread while it waits, so there
+must be more threads than clients), ``--workers`` ``python -m jobs.worker`` on RabbitMQ (queue
+``bench.runs``) and one ``python -m jobs.scheduler``, on PostgreSQL ``jobsprint_bench``
+(dropped, created and migrated), Redis db 12; all removed at the end.
+
+Workflows: trigger.webhook (auth jobsprint; respond when_finished for W1, immediately for W2)
+-> logic.set (total = amount * 2, email lower-cased), settings.concurrency 50 (as w2_bench, so
+the per-workflow slot never serialises runs). Every request has a distinct order_id (no replay
+dedupe) and a fresh ``X-Jobsprint-Signature: t=<now>,v1=HMAC-SHA256(secret, "<t>.<body>")``.
+Clients are threads, each with its own keep-alive ``http.client`` connection (lighter than
+requests, so the client takes less of the machine's two cores), sending back to back.
+
+- W1: for each concurrency, ``--seconds`` of requests: requests/s (first send to last answer),
+  p50/p99 of the round trip; every answer must be 200 with total 25.0 and email "a@b.com"
+  (``wrong_answers`` counts the others, ``codes`` lists non-200s).
+- W2: for each concurrency (its own workflow), ``--w2-seconds`` of requests: accepted/s and
+  p50/p99 of the 202; then, from the database once all are final (or stalled 45 s):
+  finished/s (min(created_at) -> max(finished_at)), failed_runs, lost_runs (accepted, never
+  final), wrong_results, drain_seconds (last 202 -> last run final).
+- ``cpu_ms_per_request``: CPU per request of each process of the stack during the level
+  (W2: including the drain), from /proc, as w2_bench's CpuMeter.
+- Memory: RSS (MB) and threads of gunicorn's worker process idle (after setup and a short
+  warm-up), after W1 and after W2.
+- Parts (w2_bench.measure_parts): Redis PING, PostgreSQL INSERT + commit, RabbitMQ confirmed
+  publish, before and after; ``part=machine load_avg_1m`` at start and end.
+
+``--profile DIR``: py-spy (w2_bench.Profiler: GIL samples, collapsed stacks) on the web
+process and the workers during W1 at the middle concurrency and W2 at the highest; its own CPU
+makes that run's figures incomparable. One line per figure; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import hashlib
+import hmac
+import http.client
+import itertools
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import w2_bench as w2
+from w2_bench import FINAL, figure, percentile, ratio
+
+BACKEND = "rabbitmq"
+AMOUNT, EMAIL = 12.5, "A@B.com"
+LABEL = "WH"
+
+
+def definition(name: str, respond: str) -> dict:
+    return {
+        "name": name,
+        "nodes": [
+            {"id": "hook", "type": "trigger.webhook",
+             "params": {"respond": respond, "auth": "jobsprint", "timeout_s": 30}},
+            {"id": "calc", "type": "logic.set", "params": {"fields": {
+                "total": "{{ input.body.amount * 2 }}",
+                "email": "{{ input.body.email | lower }}"}}},
+        ],
+        "connections": [{"from": "hook", "to": "calc"}],
+        "settings": {"concurrency": 50, "timeout_s": 300},
+    }
+
+
+def right_result(result) -> bool:
+    return (isinstance(result, dict) and result.get("total") == 25.0
+            and result.get("email") == "a@b.com")
+
+
+def rss(pid: int) -> tuple[float, int]:
+    """Resident MB and thread count of one process."""
+    fields = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["Threads"])
+
+
+class Hook:
+    """One activated webhook workflow: where to POST and how to sign."""
+
+    def __init__(self, client: w2.Client, stack: w2.Stack, name: str, respond: str) -> None:
+        session, base = client.setup, client.base
+        reply = session.post(f"{base}/api/v1/workflows", json=definition(name, respond),
+                             headers=client.headers, timeout=30)
+        reply.raise_for_status()
+        self.workflow_id = reply.json()["id"]
+        session.post(f"{base}/api/v1/workflows/{self.workflow_id}/activate",
+                     headers=client.headers, timeout=30).raise_for_status()
+        reply = session.get(f"{base}/api/v1/workflows/{self.workflow_id}/webhook",
+                            headers=client.headers, timeout=30)
+        reply.raise_for_status()
+        info = reply.json()
+        # The URL names JOBSPRINT_BASE_URL's host; the token is what counts.
+        self.path = urlsplit(info["url"]).path
+        self.secret = info["secret"].encode()
+        target = urlsplit(stack.url)
+        self.host, self.port = target.hostname, target.port
+
+    def request(self, order_id: int) -> tuple[bytes, dict]:
+        body = json.dumps({"order_id": order_id, "amount": AMOUNT, "email": EMAIL}).encode()
+        t = str(int(time.time()))
+        v1 = hmac.new(self.secret, t.encode() + b"." + body, hashlib.sha256).hexdigest()
+        return body, {"Content-Type": "application/json",
+                      "X-Jobsprint-Signature": f"t={t},v1={v1}"}
+
+
+ORDER_IDS = itertools.count(1)  # next() is atomic under the GIL: never a repeated order_id
+
+
+class Load:
+    """``clients`` threads POSTing back to back for ``seconds``."""
+
+    def __init__(self, hook: Hook, clients: int, seconds: float, expect: int) -> None:
+        self.hook, self.clients, self.seconds, self.expect = hook, clients, seconds, expect
+        self.latencies: list[float] = []
+        self.codes: Counter = Counter()
+        self.wrong = 0
+        self.last_answer = 0.0
+        self.elapsed = 0.0
+
+    def _answer_ok(self, status: int, data: bytes) -> bool:
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return False
+        if self.expect == 200:
+            return right_result(payload)
+        return isinstance(payload, dict) and len(payload.get("execution_ids") or []) == 1
+
+    def _client(self, ready: threading.Barrier, stop_at: list[float]) -> None:
+        hook = self.hook
+        conn = http.client.HTTPConnection(hook.host, hook.port, timeout=60)
+        latencies, codes, wrong = [], Counter(), 0
+        ready.wait()
+        deadline = stop_at[0]
+        last = 0.0
+        while time.perf_counter() < deadline:
+            body, headers = hook.request(next(ORDER_IDS))
+            began = time.perf_counter()
+            try:
+                conn.request("POST", hook.path, body, headers)
+                reply = conn.getresponse()
+                data = reply.read()
+                status = reply.status
+            except (OSError, http.client.HTTPException) as exc:
+                codes[type(exc).__name__] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(hook.host, hook.port, timeout=60)
+                continue
+            last = time.perf_counter()
+            latencies.append(last - began)
+            codes[status] += 1
+            if status == self.expect and not self._answer_ok(status, data):
+                wrong += 1
+        conn.close()
+        with self.lock:
+            self.latencies.extend(latencies)
+            self.codes.update(codes)
+            self.wrong += wrong
+            self.last_answer = max(self.last_answer, last)
+
+    def run(self) -> Load:
+        self.lock = threading.Lock()
+        ready = threading.Barrier(self.clients + 1)
+        stop_at = [0.0]
+        threads = [threading.Thread(target=self._client, args=(ready, stop_at), daemon=True)
+                   for _ in range(self.clients)]
+        for thread in threads:
+            thread.start()
+        started = time.perf_counter()
+        stop_at[0] = started + self.seconds
+        ready.wait()
+        for thread in threads:
+            thread.join()
+        self.elapsed = max(self.last_answer - started, 1e-9)
+        return self
+
+    @property
+    def ok(self) -> int:
+        return self.codes.get(self.expect, 0)
+
+    def print_codes(self, label: str) -> None:
+        others = {k: v for k, v in self.codes.items() if k != self.expect}
+        if others:
+            figure(label, "rejected", sum(others.values()),
+                   codes=",".join(f"{k}:{v}" for k, v in sorted(others.items(), key=str)))
+
+
+def print_cpu(label: str, meter: w2.CpuMeter, requests_done: int) -> None:
+    cpu, unaccounted = meter.stop()
+    if not requests_done:
+        return
+    per = {group: used * 1000 / requests_done for group, used in cpu.items()}
+    context = {group: f"{value:.2f}" for group, value in sorted(per.items())}
+    context["unaccounted"] = f"{unaccounted * 1000 / requests_done:.2f}"
+    figure(label, "cpu_ms_per_request", sum(per.values()), **context)
+
+
+def print_rss(stack: w2.Stack, when: str) -> None:
+    mb, threads = rss(stack.pids()["web"])
+    figure(LABEL, "web_rss_mb", mb, when=when, threads=threads)
+
+
+def parts_context(value: float, parts: dict[str, float]) -> dict[str, str]:
+    return {"vs_pg_commits": ratio(value, parts.get("pg")),
+            "vs_redis_round_trips": ratio(value, parts.get("redis")),
+            "vs_rabbitmq_confirms": ratio(value, parts.get("rabbitmq"))}
+
+
+def run(args, parts: dict[str, float]) -> None:
+    levels = [int(c) for c in args.concurrency.split(",")]
+    w2.recreate_database()
+    w2.flush_redis()
+    w2.delete_rabbitmq_queues()
+    stack = w2.Stack(BACKEND, args.workers, args.web_threads)
+    w2._STACKS.append(stack)
+    results = None
+    try:
+        stack.start()
+        results = w2.Results(stack.db_url)
+        client = w2.Client(stack.url)
+        w1_hook = Hook(client, stack, "W1 webhook when_finished", "when_finished")
+        w2_hooks = {c: Hook(client, stack, f"W2 webhook immediately c={c}", "immediately")
+                    for c in levels}
+        common = {"backend": BACKEND, "workers": args.workers,
+                  "web": f"gthread1x{args.web_threads}"}
+        print_rss(stack, "idle_before_warmup")
+        # Warm-up: connections, caches, the validated graph, every webhook's cached config.
+        Load(w1_hook, 4, 2.0, 200).run()
+        for hook in w2_hooks.values():
+            body, headers = hook.request(next(ORDER_IDS))
+            conn = http.client.HTTPConnection(hook.host, hook.port, timeout=30)
+            conn.request("POST", hook.path, body, headers)
+            conn.getresponse().read()
+            conn.close()
+        warm = {c: 1 for c in levels}
+        time.sleep(1.0)
+        print_rss(stack, "idle")
+
+        middle = levels[len(levels) // 2]
+        for c in levels:
+            label = f"W1 c={c}"
+            profiler = w2.Profiler(args.profile if c == middle else None, f"w1-c{c}")
+            profiler.start(stack)
+            meter = w2.CpuMeter(stack)
+            meter.start()
+            load = Load(w1_hook, c, args.seconds, 200).run()
+            profiler.stop()
+            per_s = load.ok / load.elapsed
+            figure(label, "requests_per_s", per_s, seconds=f"{load.elapsed:.1f}",
+                   answers=load.ok, **common, **parts_context(per_s, parts))
+            ms = [x * 1000 for x in load.latencies]
+            figure(label, "p50_ms", percentile(ms, 0.50))
+            figure(label, "p99_ms", percentile(ms, 0.99))
+            figure(label, "wrong_answers", load.wrong)
+            load.print_codes(label)
+            print_cpu(label, meter, len(load.latencies))
+        print_rss(stack, "after_w1")
+
+        top = levels[-1]
+        for c in levels:
+            label = f"W2 c={c}"
+            hook = w2_hooks[c]
+            profiler = w2.Profiler(args.profile if c == top else None, f"w2-c{c}")
+            profiler.start(stack)
+            meter = w2.CpuMeter(stack)
+            meter.start()
+            load = Load(hook, c, args.w2_seconds, 202).run()
+            last_202 = time.perf_counter()
+            profiler.stop()
+            per_s = load.ok / load.elapsed
+            figure(label, "accepted_per_s", per_s, seconds=f"{load.elapsed:.1f}",
+                   accepted=load.ok, **common, **parts_context(per_s, parts))
+            ms = [x * 1000 for x in load.latencies]
+            figure(label, "accept_p50_ms", percentile(ms, 0.50))
+            figure(label, "accept_p99_ms", percentile(ms, 0.99))
+            figure(label, "wrong_answers", load.wrong)
+            load.print_codes(label)
+            expected = warm[c] + load.ok
+            done = results.wait_final(stack, hook.workflow_id, expected)
+            drained = time.perf_counter() - last_202
+            print_cpu(label, meter, load.ok)
+            rows = results.rows(hook.workflow_id)
+            # The warm-up delivery was made before W1: leave it out of the span.
+            measured = sorted(rows, key=lambda r: r.created_at)[warm[c]:]
+            finished = [r for r in measured if r.status in FINAL and r.finished_at is not None]
+            if finished:
+                span = (max(r.finished_at for r in finished)
+                        - min(r.created_at for r in measured)).total_seconds()
+                fin_per_s = len(finished) / span
+                figure(label, "finished_per_s", fin_per_s, runs=len(finished),
+                       **parts_context(fin_per_s, parts))
+            figure(label, "drain_seconds", drained)
+            counts = Counter(r.status for r in rows)
+            figure(label, "failed_runs", counts.get("failed", 0) + counts.get("cancelled", 0))
+            figure(label, "lost_runs", expected - done)
+            figure(label, "wrong_results",
+                   sum(1 for r in rows if r.status == "succeeded"
+                       and not right_result(r.result)))
+        print_rss(stack, "after_w2")
+    finally:
+        if results is not None:
+            results.close()
+        w2._STACKS.remove(stack)
+        stack.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", default="1,10,50")
+    parser.add_argument("--seconds", type=float, default=10.0, help="W1 seconds per level")
+    parser.add_argument("--w2-seconds", type=float, default=10.0, help="W2 seconds per level")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--web-threads", type=int, default=64)
+    parser.add_argument("--profile", metavar="DIR", default=None)
+    args = parser.parse_args()
+
+    def on_term(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    atexit.register(w2.stop_all)
+    began = time.monotonic()
+    try:
+        w2.recreate_database()
+        before = w2.measure_parts("start", [BACKEND])
+        run(args, before)
+        w2.recreate_database()
+        after = w2.measure_parts("end", [BACKEND])
+        for key in before:
+            figure(f"part={key}", "mean_per_s", (before[key] + after[key]) / 2,
+                   spread_pct=f"{abs(before[key] - after[key]) * 100 / max(before[key], 1):.0f}")
+        figure(LABEL, "bench_seconds", time.monotonic() - began, cpus=os.cpu_count())
+    except KeyboardInterrupt:
+        print("interrupted; stopping the stack", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        w2.stop_all()
+        try:
+            w2.delete_rabbitmq_queues()
+            w2.flush_redis()
+            w2.drop_database()
+        except Exception as exc:  # noqa: BLE001 - clean-up is best effort, say why it failed
+            print(f"clean-up: {exc!r}", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

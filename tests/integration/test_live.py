@@ -1,0 +1,359 @@
+"""Live run events over WebSockets, against a real server thread (both run modes).
+
+A browser's session cookie (from the login form) signs the socket in; fragments arrive in the
+order the run made them; another user's socket is closed with 1008 and hears nothing; a late
+socket starts with the current state; and a Redis restart under a live socket is survived.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+import simple_websocket
+from werkzeug.serving import make_server
+
+from app import create_app
+from app.db import db
+from app.live.hub import hub_for
+from app.workers import stop_in_process
+from tests.conftest import AuthActions, make_settings
+
+PASSWORD = "correct horse battery"
+STATUS = re.compile(r'id="(run-status-[^"]+|node-[^"]+|execution-[^"]+)"[^>]*?'
+                    r'class="[^"]*?status-(\w+)')
+
+
+def three_nodes(name="Live chain"):
+    return {"name": name,
+            "nodes": [{"id": "start", "type": "trigger.manual", "params": {}},
+                      {"id": "double", "type": "logic.set",
+                       "params": {"fields": {"v": "{{ input.n * 2 }}"}}},
+                      {"id": "plus", "type": "logic.set",
+                       "params": {"fields": {"v": "{{ input.v + 1 }}"}}}],
+            "connections": [{"from": "start", "to": "double"}, {"from": "double", "to": "plus"}]}
+
+
+def serve(app):
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.fixture
+def live(app):
+    """The app served on a real socket; yields its base address (http://127.0.0.1:port)."""
+    server, thread = serve(app)
+    yield f"127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=5)
+    hub_for(app).stop()
+
+
+class Browser:
+    """A signed-in user: a session cookie from the login form, and an API token."""
+
+    def __init__(self, app) -> None:
+        self.client = app.test_client()
+        auth = AuthActions(self.client)
+        self.email = auth.new_email()
+        assert auth.register(self.email, PASSWORD).status_code in (302, 303)
+        self.client.post("/logout", data={"csrf_token": auth.csrf_token("/settings")})
+        assert auth.login(self.email, PASSWORD).status_code in (302, 303)
+        self.cookie = self.client.get_cookie("session").value
+        token = self.client.post("/api/v1/auth/token",
+                                 json={"email": self.email, "password": PASSWORD})
+        self.headers = {"Authorization": f"Bearer {token.get_json()['token']}"}
+
+    def api(self, method, path, json=None):
+        return self.client.open(path, method=method, json=json, headers=self.headers)
+
+    def socket(self, host: str, path: str) -> simple_websocket.Client:
+        return simple_websocket.Client.connect(f"ws://{host}{path}",
+                                               headers={"Cookie": f"session={self.cookie}"})
+
+
+def receive_all(ws, until, timeout=15.0) -> list[str]:
+    """Messages until ``until(messages)`` holds; fails after ``timeout``."""
+    messages: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not until(messages):
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out; got {messages}"
+        message = ws.receive(timeout=left)
+        if message is not None:
+            messages.append(message)
+    return messages
+
+
+def states(messages: list[str]) -> list[tuple[str, str]]:
+    """(element id, status) in the order received, each change once."""
+    seen: dict[str, str] = {}
+    changes = []
+    for message in messages:
+        for element, status in STATUS.findall(message):
+            if seen.get(element) != status:
+                seen[element] = status
+                changes.append((element, status))
+    return changes
+
+
+def closed_with(ws, timeout=5.0) -> tuple[int | None, list]:
+    """Wait for the server to close ``ws``: its close code, and anything it sent first."""
+    got = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            message = ws.receive(timeout=0.2)
+            if message is not None:
+                got.append(message)
+            if not ws.connected:
+                break
+    except simple_websocket.ConnectionClosed:
+        pass
+    return ws.close_reason, got
+
+
+class HeldQueue:
+    """Holds published runs until released, so a test can connect before a worker starts."""
+
+    def __init__(self, app) -> None:
+        self.queue = app.extensions["jobsprint.queue"]
+        self.real = self.queue.publish
+        self.held: list[str] = []
+        self.queue.publish = self.held.extend
+
+    def release(self) -> None:
+        self.queue.publish = self.real
+        self.real(self.held)
+
+
+def test_a_run_streams_queued_running_nodes_succeeded_in_order(app, live):
+    alice = Browser(app)
+    workflow_id = alice.api("POST", "/api/v1/workflows", three_nodes()).get_json()["id"]
+    dashboard = alice.socket(live, "/ws/dashboard")
+    assert 'id="executions-body"' in dashboard.receive(timeout=5)
+    held = HeldQueue(app)
+    started = alice.api("POST", f"/api/v1/workflows/{workflow_id}/run", {"input": {"n": 20}})
+    run_id = started.get_json()["execution_id"]
+
+    run_socket = alice.socket(live, f"/ws/executions/{run_id}")
+    first = run_socket.receive(timeout=5)
+    assert states([first]) == [(f"run-status-{run_id}", "queued")] + [
+        (f"node-{run_id}-{key}", "queued") for key in ("start", "double", "plus")]
+    held.release()
+    messages = receive_all(run_socket, lambda got: (f"run-status-{run_id}", "succeeded")
+                           in states([first, *got]))
+    assert states([first, *messages])[4:] == [
+        (f"run-status-{run_id}", "running"),
+        (f"node-{run_id}-start", "succeeded"),
+        (f"node-{run_id}-double", "succeeded"),
+        (f"node-{run_id}-plus", "succeeded"),
+        (f"run-status-{run_id}", "succeeded")]
+
+    # The dashboard saw the row appear on top, then change in place.
+    rows = receive_all(dashboard, lambda got: (f"execution-{run_id}", "succeeded")
+                       in states(got))
+    assert [s for e, s in states(rows) if e == f"execution-{run_id}"] == [
+        "queued", "running", "succeeded"]
+    assert 'hx-swap-oob="afterbegin:#executions-body"' in rows[0]
+    assert "Live chain" in rows[0]
+    for ws in (dashboard, run_socket):
+        ws.close()
+
+
+def test_another_users_socket_is_closed_with_1008_and_hears_nothing(app, live):
+    alice, mallory = Browser(app), Browser(app)
+    workflow_id = alice.api("POST", "/api/v1/workflows", three_nodes()).get_json()["id"]
+    run_id = alice.api("POST", f"/api/v1/workflows/{workflow_id}/run",
+                       {"input": {"n": 1}}).get_json()["execution_id"]
+    code, got = closed_with(mallory.socket(live, f"/ws/executions/{run_id}"))
+    assert code == 1008 and got == []
+    anonymous = simple_websocket.Client.connect(f"ws://{live}/ws/dashboard")
+    assert closed_with(anonymous) == (1008, [])
+    bogus = alice.socket(live, "/ws/executions/not-a-uuid")
+    assert closed_with(bogus) == (1008, [])
+    cross_site = simple_websocket.Client.connect(
+        f"ws://{live}/ws/dashboard", headers={"Cookie": f"session={alice.cookie}",
+                                              "Origin": "http://evil.example"})
+    assert closed_with(cross_site) == (1008, [])
+    # The pages agree: another user's run is a 404, anonymous is sent to sign in.
+    assert mallory.client.get(f"/executions/{run_id}").status_code == 404
+    assert app.test_client().get("/executions").status_code == 302
+    # Mallory's own dashboard hears nothing of Alice's runs.
+    mine = mallory.socket(live, "/ws/dashboard")
+    assert f"execution-{run_id}" not in mine.receive(timeout=5)
+    alice.api("POST", f"/api/v1/workflows/{workflow_id}/run", {"input": {"n": 2}})
+    assert mine.receive(timeout=1.5) is None
+    mine.close()
+
+
+def test_signing_out_closes_the_open_sockets(app, live, monkeypatch):
+    from app.live import ws as live_ws
+
+    monkeypatch.setattr(live_ws, "IDLE_WAKE_S", 0.2)
+    monkeypatch.setattr(live_ws, "SESSION_CHECK_S", 0.2)
+    alice = Browser(app)
+    dashboard = alice.socket(live, "/ws/dashboard")
+    assert 'id="executions-body"' in dashboard.receive(timeout=5)
+    alice.client.post("/logout", data={
+        "csrf_token": AuthActions(alice.client).csrf_token("/settings")})
+    assert closed_with(dashboard) == (1008, [])
+
+
+def test_a_late_socket_starts_with_the_current_state(app, live):
+    alice = Browser(app)
+    workflow_id = alice.api("POST", "/api/v1/workflows",
+                            three_nodes("<script>alert(1)</script>")).get_json()["id"]
+    run_id = alice.api("POST", f"/api/v1/workflows/{workflow_id}/run",
+                       {"input": {"n": 1}}).get_json()["execution_id"]
+    deadline = time.monotonic() + 15
+    while alice.api("GET", f"/api/v1/executions/{run_id}").get_json()["status"] != "succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    late = alice.socket(live, f"/ws/executions/{run_id}")
+    first = late.receive(timeout=5)
+    assert states([first]) == [(f"run-status-{run_id}", "succeeded")] + [
+        (f"node-{run_id}-{key}", "succeeded") for key in ("start", "double", "plus")]
+    dashboard = alice.socket(live, "/ws/dashboard")
+    rows = dashboard.receive(timeout=5)
+    assert (f"execution-{run_id}", "succeeded") in states([rows])
+    assert "<script>" not in rows and "&lt;script&gt;alert(1)&lt;/script&gt;" in rows
+    page = alice.client.get(f"/executions/{run_id}").get_data(as_text=True)
+    assert "<script>alert" not in page and 'ws-connect="/ws/executions/' in page
+    for ws in (late, dashboard):
+        ws.close()
+
+
+# --- Redis restarted under a live socket (production mode, a private redis-server) ---------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+             "--bind", "127.0.0.1", "--dir", str(self.directory), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        client = redis_lib.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis_lib.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(5)
+
+
+@pytest.fixture
+def redis_restart_app(tmp_path, request):
+    private = PrivateRedis(tmp_path)
+    private.start()
+    url = f"redis://127.0.0.1:{private.port}/0"
+    settings = make_settings("production", tmp_path, request, redis_url=url,
+                             rate_limit_storage_url=url)
+    application = create_app(settings)
+    yield application, private
+    hub_for(application).stop()
+    stop_in_process(application)
+    db.remove()
+    from tests.conftest import _clean_postgres
+
+    _clean_postgres()
+    db.engine.dispose()
+    if private.process and private.process.poll() is None:
+        private.kill()
+
+
+def test_the_hub_survives_a_redis_restart(redis_restart_app):
+    app, private = redis_restart_app
+    server, thread = serve(app)
+    host = f"127.0.0.1:{server.server_port}"
+    try:
+        alice = Browser(app)
+        workflow_id = alice.api("POST", "/api/v1/workflows", three_nodes()).get_json()["id"]
+        dashboard = alice.socket(host, "/ws/dashboard")
+        assert 'id="executions-body"' in dashboard.receive(timeout=5)
+        hub = hub_for(app)
+        assert hub.connects == 1
+
+        private.kill()
+        time.sleep(0.5)
+        private.start()  # same port and data directory (append-only file): sessions survive
+        deadline = time.monotonic() + 20
+        while hub.connects < 2:
+            assert time.monotonic() < deadline, "the hub did not subscribe again"
+            time.sleep(0.1)
+        # The socket was told to resync: it sends the whole table again.
+        resent = dashboard.receive(timeout=5)
+        assert 'id="executions-body" hx-swap-oob="true"' in resent
+
+        run_id = alice.api("POST", f"/api/v1/workflows/{workflow_id}/run",
+                           {"input": {"n": 3}}).get_json()["execution_id"]
+        rows = receive_all(dashboard, lambda got: (f"execution-{run_id}", "succeeded")
+                           in states(got))
+        assert [s for e, s in states(rows) if e == f"execution-{run_id}"][-1] == "succeeded"
+        dashboard.close()
+        with urllib.request.urlopen(f"http://{host}/login", timeout=5) as answer:
+            assert answer.status == 200  # the server is still up
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+def test_a_slow_socket_is_dropped_and_never_holds_up_the_others():
+    """The hub over the embedded store: an inbox that falls behind is dropped (its socket
+    shut), while the other sockets of the same user get every event, in order."""
+    import fakeredis
+
+    from app.live.events import publish_many
+    from app.live.hub import Hub, Subscriber
+
+    store = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    hub = Hub(store)
+    dropped = threading.Event()
+    slow = Subscriber("u1", limit=5, on_drop=dropped.set)
+    fast = Subscriber("u1", limit=5)
+    other = Subscriber("u2", limit=5)
+    try:
+        for subscriber in (slow, fast, other):
+            assert hub.register(subscriber)
+        got = []
+        for i in range(20):
+            publish_many(store, "u1", [{"type": "run", "n": i}])
+            deadline = time.monotonic() + 5
+            while len(got) <= i:
+                assert time.monotonic() < deadline
+                events, _ = fast.wait(1.0)
+                got.extend(e.data["n"] for e in events)
+        assert got == list(range(20))
+        assert dropped.is_set() and slow.dropped
+        assert other.wait(0.2) == ([], False)
+    finally:
+        hub.stop()
