@@ -18,14 +18,18 @@ def channel(user_id: Any) -> str:
     return f"events:{user_id}"
 
 
+def queue_many(pipe, user_id: Any, events: list[dict]) -> None:
+    """Add the publishes of ``events`` to a pipeline the caller executes."""
+    for event in events:
+        pipe.publish(channel(user_id), json.dumps(event, separators=(",", ":"), default=str))
+
+
 def publish_many(store: redis.Redis, user_id: Any, events: list[dict]) -> None:
     if not events:
         return
     try:
         pipe = store.pipeline(transaction=False)
-        for event in events:
-            pipe.publish(channel(user_id), json.dumps(event, separators=(",", ":"),
-                                                      default=str))
+        queue_many(pipe, user_id, events)
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("could not publish %d events: %s", len(events), exc)

@@ -56,13 +56,16 @@ class Event:
 
 
 class Subscriber:
-    """One socket's inbox: events for its user, a resync request, or the news it must end."""
+    """One socket's (or waiter's) inbox: events for its user, a resync request, or the news it
+    must end."""
 
     def __init__(self, user_id: Any, *, limit: int = 256,
-                 on_drop: Callable[[], None] | None = None) -> None:
+                 on_drop: Callable[[], None] | None = None,
+                 wants: Callable[[dict], bool] | None = None) -> None:
         self.user_id = str(user_id)
         self.limit = limit
         self.on_drop = on_drop
+        self.wants = wants  # None: every event of the user
         self._items: deque[Event] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._resync = False
@@ -71,6 +74,8 @@ class Subscriber:
 
     def offer(self, event: Event) -> None:
         """Called by the hub thread; never blocks on the socket."""
+        if self.wants is not None and not self.wants(event.data):
+            return
         with self._cond:
             if self.dropped or self.closed:
                 return

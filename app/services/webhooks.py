@@ -34,7 +34,6 @@ from typing import Any
 import redis
 from flask import current_app
 from sqlalchemy import event, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import db
@@ -50,7 +49,8 @@ from app.models import (
     isoformat,
     utcnow,
 )
-from app.services import audit, cache, executions, vault, workflows
+from app.services import audit, cache, intake, vault, workflows
+from app.services.intake import counter_key  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,6 @@ _DELIVERY_ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 
 def cache_key(token: str) -> str:
     return f"webhook:{token}"
-
-
-def counter_key(webhook_id: Any, result: str | None = None) -> str:
-    return f"webhook:{webhook_id}:deliveries" + (f":{result}" if result else "")
 
 
 def _settings():
@@ -440,38 +436,18 @@ def receive(hook: HookConfig, body: bytes, headers: Mapping, query: Mapping) -> 
 
 
 def accept(hook: HookConfig, payload: dict, dedupe_key: str) -> Delivery:
-    """One trigger event and one queued run per active linked workflow, in one transaction;
-    then the runs are published. A repeat of an accepted delivery returns the first one."""
-    session = db.session
-    wanted = {uuid.UUID(link["workflow_id"]) for link in hook.links}
-    active = {w.id: w for w in session.scalars(
-        select(Workflow).where(Workflow.id.in_(wanted), Workflow.active.is_(True),
-                               Workflow.deleted_at.is_(None)))}
-    if not active:
-        session.rollback()
+    """One trigger event and one queued run per active linked workflow, stored by the intake's
+    next group commit, then published. A repeat of an accepted delivery returns the first."""
+    pending = intake.Pending(
+        webhook_id=hook.id, user_id=hook.user_id, payload=payload, dedupe_key=dedupe_key,
+        links=[(uuid.UUID(link["workflow_id"]), link["node_id"]) for link in hook.links])
+    intake.intake_for(current_app._get_current_object()).submit(pending)
+    if pending.outcome == "gone":
         raise NotFound("no webhook at this address")
-    event_row = TriggerEvent(id=uuid.uuid4(), user_id=hook.user_id, webhook_id=hook.id,
-                             kind="webhook", dedupe_key=dedupe_key, payload=payload)
-    session.add(event_row)
-    try:
-        session.flush()
-    except IntegrityError:
-        session.rollback()
+    if pending.outcome == "replayed":
         return _first_delivery(hook, dedupe_key)
-    runs = [executions.new_execution(active[uuid.UUID(link["workflow_id"])],
-                                     trigger_type="webhook", trigger_node_id=link["node_id"],
-                                     input=payload, trigger_event_id=event_row.id)
-            for link in hook.links if uuid.UUID(link["workflow_id"]) in active]
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        return _first_delivery(hook, dedupe_key)
-    ids = [run.id for run in runs]
-    executions.announce(runs)
-    executions.publish(ids)
-    count(hook.id, "accepted")
-    return Delivery(event_row.id, ids, False, hook.user_id, hook.first_params)
+    return Delivery(pending.event_id, [run_id for run_id, _workflow in pending.runs], False,
+                    hook.user_id, hook.first_params)
 
 
 def _first_delivery(hook: HookConfig, dedupe_key: str) -> Delivery:
@@ -484,16 +460,14 @@ def _first_delivery(hook: HookConfig, dedupe_key: str) -> Delivery:
                                    Execution.retry_of_id.is_(None))
         .order_by(Execution.workflow_id, Execution.trigger_node_id)))
     db.session.commit()
-    count(hook.id, "replayed")
     return Delivery(event_id, ids, True, hook.user_id, hook.first_params)
 
 
 def count(webhook_id: Any, result: str) -> None:
-    """Delivery counters for metrics: all, and by result (accepted | replayed | rejected)."""
+    """Count one delivery (see ``intake.count_into``); a store outage only loses the count."""
     try:
         pipe = current_app.extensions["jobsprint.store"].pipeline(transaction=False)
-        pipe.incr(counter_key(webhook_id))
-        pipe.incr(counter_key(webhook_id, result))
+        intake.count_into(pipe, webhook_id, result)
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("could not count a delivery of webhook %s: %s", webhook_id, exc)

@@ -31,7 +31,8 @@ MESSAGES = {
 
 
 def wants_json() -> bool:
-    return request.path.startswith("/api/")
+    """The API and webhook senders are programs: they get JSON errors."""
+    return request.path.startswith(("/api/", "/hooks/"))
 
 
 def error_response(status: int, message: str, code: str | None = None, details=None):

@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from app.db import db
 from app.errors import PayloadTooLarge, ServiceError, UnsupportedMediaType
 from app.extensions import csrf
+from app.live.hub import hub_for
 from app.live.waiting import wait_for_run
 from app.services import webhooks
 
@@ -93,7 +94,7 @@ def _when_finished(delivery: webhooks.Delivery, answer: dict, timeout_s: float):
             db.remove()
         return outcome[0] if outcome else None
 
-    status = wait_for_run(current_app.extensions["jobsprint.store"], delivery.user_id,
+    status = wait_for_run(hub_for(current_app._get_current_object()), delivery.user_id,
                           execution_id, timeout_s, read_status)
     headers = {"X-Jobsprint-Execution-Id": str(execution_id),
                "X-Jobsprint-Event-Id": answer["event_id"]}

@@ -1,0 +1,244 @@
+"""Group commit of accepted webhook deliveries: many requests, one transaction.
+
+A delivery is verified and checked on its request thread; what it must store (one trigger
+event, one queued run per active linked workflow) is handed to the process's intake thread,
+which writes everything that gathered since its last commit in one transaction: one SELECT of
+the linked workflows still active, one multi-row INSERT of events (ON CONFLICT DO NOTHING, so
+a repeat of an accepted delivery is recognised by the unique (webhook_id, dedupe_key), even
+inside one batch), one multi-row INSERT of runs, one commit. Then it announces the runs and
+counts the deliveries in one Redis pipeline and publishes the runs to the queue in one batch,
+and only then wakes the requests: a 202 still means stored and handed to the queue.
+
+Under load the batches grow by themselves (whatever arrived during the previous commit), so
+a commit, a Redis round trip and a broker confirm are shared by every delivery in the batch; a
+lone delivery waits for nothing but its own commit. The request threads hold no database
+connection at all.
+
+A batch that fails is retried one delivery per transaction, so a bad delivery fails alone; a
+database outage fails each delivery with the error (a 503 for the client) and stores nothing.
+A crash after the commit and before the publish leaves queued runs whose lease runs out: the
+clock's reaper publishes them again, as for any run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from flask import Flask, current_app
+from sqlalchemy import insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+
+from app.db import db
+from app.errors import ServiceError
+from app.live import events
+from app.models import Execution, TriggerEvent, Workflow, utcnow
+from app.services import executions
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+IDLE_EXIT_S = 60.0  # an idle intake thread ends; the next delivery starts another
+STORE_TIMEOUT_S = 10.0  # a request waits this long for its batch, then answers 503
+
+
+class IntakeUnavailable(ServiceError):
+    status = 503
+    code = "service_unavailable"
+
+
+@dataclass(eq=False)
+class Pending:
+    """One delivery on its way in, and what became of it."""
+
+    webhook_id: uuid.UUID
+    user_id: uuid.UUID
+    links: list[tuple[uuid.UUID, str]]  # (workflow_id, node_id) per linked trigger node
+    payload: dict
+    dedupe_key: str
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    # after the commit: "accepted" (runs set), "replayed" or "gone" (no active workflow)
+    outcome: str | None = None
+    runs: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)  # (run, workflow)
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def _insert_new_events():
+    dialect = sqlite if db.is_sqlite else postgresql
+    return (dialect.insert(TriggerEvent.__table__)
+            .on_conflict_do_nothing(index_elements=["webhook_id", "dedupe_key"])
+            .returning(TriggerEvent.__table__.c.id))
+
+
+class Intake:
+    """The process's intake thread and the deliveries waiting for it."""
+
+    def __init__(self, app: Flask, *, max_batch: int = MAX_BATCH) -> None:
+        self.app = app
+        self.max_batch = max_batch
+        self._waiting: deque[Pending] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self.batches = 0  # committed batches so far (for tests and benches)
+
+    def submit(self, pending: Pending, timeout_s: float = STORE_TIMEOUT_S) -> Pending:
+        """Queue ``pending`` and wait until its batch is committed and published."""
+        with self._cond:
+            self._waiting.append(pending)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="webhook-intake",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        if not pending.done.wait(timeout_s):
+            # It may still be stored later; the sender's retry is then a replay of it.
+            raise IntakeUnavailable(f"the delivery was not stored within {timeout_s:g} s; "
+                                    "send it again")
+        if pending.error is not None:
+            raise pending.error
+        return pending
+
+    def _next_batch(self) -> list[Pending] | None:
+        with self._cond:
+            if not self._waiting:
+                self._cond.wait(IDLE_EXIT_S)
+            if not self._waiting:
+                self._thread = None
+                return None
+            count = min(len(self._waiting), self.max_batch)
+            return [self._waiting.popleft() for _ in range(count)]
+
+    def _run(self) -> None:
+        with self.app.app_context():
+            while (batch := self._next_batch()) is not None:
+                try:
+                    self._take(batch)
+                except BaseException as exc:  # noqa: BLE001 - never leave a request waiting
+                    log.exception("webhook intake failed on a batch of %d", len(batch))
+                    for pending in batch:
+                        if not pending.done.is_set():
+                            pending.error = exc
+                            pending.done.set()
+                finally:
+                    db.remove()
+
+    def _take(self, batch: list[Pending]) -> None:
+        try:
+            self._store(batch)
+        except DBAPIError as exc:
+            db.session.rollback()
+            if len(batch) == 1 or exc.connection_invalidated or _is_outage(exc):
+                for pending in batch:
+                    pending.error = exc
+            else:
+                log.warning("a batch of %d deliveries failed (%s); storing them one by one",
+                            len(batch), type(exc).__name__)
+                for pending in batch:
+                    try:
+                        self._store([pending])
+                    except DBAPIError as one:
+                        db.session.rollback()
+                        pending.error = one
+        stored = [p for p in batch if p.error is None]
+        self.batches += 1
+        try:
+            self._tell(stored)
+        finally:
+            for pending in batch:
+                pending.done.set()
+
+    def _store(self, batch: list[Pending]) -> None:
+        """One transaction: the events that are new, and a queued run per active workflow."""
+        session = db.session
+        wanted = {workflow_id for p in batch for workflow_id, _node in p.links}
+        versions = dict(session.execute(
+            select(Workflow.id, Workflow.version)
+            .where(Workflow.id.in_(wanted), Workflow.active.is_(True),
+                   Workflow.deleted_at.is_(None))).all())
+        live = [p for p in batch if any(w in versions for w, _node in p.links)]
+        now = utcnow()
+        inserted: set[uuid.UUID] = set()
+        if live:
+            inserted = set(session.scalars(_insert_new_events(), [
+                {"id": p.event_id, "user_id": p.user_id, "webhook_id": p.webhook_id,
+                 "kind": "webhook", "dedupe_key": p.dedupe_key, "payload": p.payload,
+                 "received_at": now} for p in live]))
+        lease = now + executions.publish_grace()
+        runs: list[dict[str, Any]] = []
+        for p in live:
+            if p.event_id not in inserted:
+                continue
+            p.runs = []
+            for workflow_id, node_id in p.links:
+                if workflow_id in versions:
+                    run_id = uuid.uuid4()
+                    p.runs.append((run_id, workflow_id))
+                    runs.append({
+                        "id": run_id, "user_id": p.user_id, "workflow_id": workflow_id,
+                        "workflow_version": versions[workflow_id], "trigger_type": "webhook",
+                        "trigger_node_id": node_id, "trigger_event_id": p.event_id,
+                        "input": p.payload, "status": "queued", "lease_expires_at": lease,
+                        "created_at": now, "updated_at": now})
+        if runs:
+            session.execute(insert(Execution), runs)
+        session.commit()
+        for p in batch:
+            p.outcome = ("accepted" if p.event_id in inserted
+                         else "replayed" if p in live else "gone")
+
+    def _tell(self, stored: list[Pending]) -> None:
+        """After the commit: live pages and counters (one Redis pipeline), then the queue."""
+        accepted = [p for p in stored if p.outcome == "accepted"]
+        store = current_app.extensions["jobsprint.store"]
+        try:
+            pipe = store.pipeline(transaction=False)
+            for p in accepted:
+                events.queue_many(pipe, p.user_id, [
+                    {"type": "run", "execution_id": str(run_id),
+                     "workflow_id": str(workflow_id), "status": "queued"}
+                    for run_id, workflow_id in p.runs])
+            for p in stored:
+                if p.outcome in ("accepted", "replayed"):
+                    count_into(pipe, p.webhook_id, p.outcome)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not announce or count %d deliveries: %s", len(stored), exc)
+        run_ids = [run_id for p in accepted for run_id, _workflow in p.runs]
+        if run_ids:
+            executions.publish(run_ids)
+
+
+def _is_outage(exc: DBAPIError) -> bool:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def counter_key(webhook_id: Any, result: str | None = None) -> str:
+    return f"webhook:{webhook_id}:deliveries" + (f":{result}" if result else "")
+
+
+def count_into(pipe, webhook_id: Any, result: str) -> None:
+    """Delivery counters for metrics: all, and by result (accepted | replayed | rejected)."""
+    pipe.incr(counter_key(webhook_id))
+    pipe.incr(counter_key(webhook_id, result))
+
+
+_intake_lock = threading.Lock()
+
+
+def intake_for(app: Flask) -> Intake:
+    intake = app.extensions.get("jobsprint.intake")
+    if intake is None:
+        with _intake_lock:
+            intake = app.extensions.get("jobsprint.intake")
+            if intake is None:
+                intake = app.extensions["jobsprint.intake"] = Intake(app)
+    return intake
