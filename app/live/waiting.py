@@ -1,44 +1,61 @@
 """Waiting for one run to finish (a webhook with ``respond: when_finished``).
 
-The waiter is an inbox on the process's hub (one Redis subscription for the whole process, not
-one per waiting request) that keeps only the final event of its run. It registers *before* it
-reads the run's state once from the database, so a run that finishes between the two is seen
-either way. Events are a hint, the database is the truth: a final event is confirmed by the
-caller's read, and silence (a lost event, a store outage: the hub then asks every inbox to
-resync once it is back) makes the waiter look at the database again every ``recheck_s``, or
-every ``poll_s`` while the hub is not subscribed.
+A ``RunWaiter`` is an inbox on the process's hub (one Redis subscription for the whole
+process, not one per waiting request) that keeps only the final event of its run. The webhook
+route opens it *before* the run is stored, with the run's id chosen in advance: when the hub
+was subscribed at that moment, no event of the run can be missed, and the database is read
+once, when the final event comes. Otherwise (the hub is down, or the run already existed, as
+for a replayed delivery) it reads the run's state first.
+
+Events are a hint, the database is the truth: a final event is confirmed by a read; silence
+(a lost event) makes the waiter read again every ``recheck_s``, or every ``poll_s`` while the
+hub is not subscribed; the hub's resync after an outage wakes it to read at once.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from app.live.hub import Hub, Subscriber
 from app.models import FINAL_STATES
 
+Outcome = tuple[str, Any, Any]  # (status, result, error)
 
-def wait_for_run(hub: Hub, user_id, execution_id, timeout_s: float,
-                 read_status: Callable[[], str | None], *, recheck_s: float = 2.0,
-                 poll_s: float = 0.2) -> str | None:
-    """The run's final status, or None if it is still going after ``timeout_s``.
 
-    ``read_status`` reads the run's status from the database (and releases its session)."""
-    deadline = time.monotonic() + timeout_s
-    wanted = str(execution_id)
-    inbox = Subscriber(user_id, wants=lambda data: (
-        data.get("type") == "run" and data.get("execution_id") == wanted
-        and data.get("status") in FINAL_STATES))
-    hub.register(inbox, wait_s=min(2.0, timeout_s))
-    try:
-        status = read_status()
-        while status not in FINAL_STATES:
+class RunWaiter:
+    def __init__(self, hub: Hub, user_id, execution_id, *, wait_s: float = 2.0) -> None:
+        self.hub = hub
+        self.execution_id = str(execution_id)
+        self.inbox = Subscriber(user_id, wants=self._final)
+        self.listening = hub.register(self.inbox, wait_s=wait_s)
+
+    def _final(self, data: dict) -> bool:
+        return (data.get("type") == "run" and data.get("execution_id") == self.execution_id
+                and data.get("status") in FINAL_STATES)
+
+    def wait(self, timeout_s: float, read: Callable[[], Outcome | None], *,
+             before_run: bool, recheck_s: float = 2.0, poll_s: float = 0.2) -> Outcome | None:
+        """The run's final (status, result, error), or None if it is still going after
+        ``timeout_s``. ``before_run``: this waiter was opened before the run was stored.
+        ``read`` reads the run from the database (and releases its session)."""
+        deadline = time.monotonic() + timeout_s
+        outcome = None if before_run and self.listening else read()
+        while outcome is None or outcome[0] not in FINAL_STATES:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            pause = recheck_s if hub.ready.is_set() else poll_s
-            inbox.wait(min(remaining, pause))
-            status = read_status()
-        return status
-    finally:
-        hub.unregister(inbox)
+            pause = recheck_s if self.hub.ready.is_set() else poll_s
+            self.inbox.wait(min(remaining, pause))
+            outcome = read()
+        return outcome
+
+    def close(self) -> None:
+        self.hub.unregister(self.inbox)
+
+    def __enter__(self) -> RunWaiter:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()

@@ -63,11 +63,18 @@ class Pending:
     payload: dict
     dedupe_key: str
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    # the id each link's run gets if it is created (known before the commit, so a waiter can
+    # listen for the run's events before it exists)
+    run_ids: list[uuid.UUID] = field(default_factory=list)
     # after the commit: "accepted" (runs set), "replayed" or "gone" (no active workflow)
     outcome: str | None = None
     runs: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)  # (run, workflow)
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        if not self.run_ids:
+            self.run_ids = [uuid.uuid4() for _link in self.links]
 
 
 def _insert_new_events():
@@ -176,9 +183,8 @@ class Intake:
             if p.event_id not in inserted:
                 continue
             p.runs = []
-            for workflow_id, node_id in p.links:
+            for (workflow_id, node_id), run_id in zip(p.links, p.run_ids, strict=True):
                 if workflow_id in versions:
-                    run_id = uuid.uuid4()
                     p.runs.append((run_id, workflow_id))
                     runs.append({
                         "id": run_id, "user_id": p.user_id, "workflow_id": workflow_id,

@@ -418,8 +418,8 @@ class Delivery:
     params: dict  # the first linked trigger node's params (respond, timeout_s)
 
 
-def receive(hook: HookConfig, body: bytes, headers: Mapping, query: Mapping) -> Delivery:
-    """Verify, parse and check a delivery, then accept it (or find its first acceptance)."""
+def check(hook: HookConfig, body: bytes, headers: Mapping, query: Mapping) -> intake.Pending:
+    """Verify, parse and check a delivery: what ``accept`` will store (nothing stored yet)."""
     dedupe_key = verify_signature(hook, headers, body)
     parsed = parse_body(body)
     problems: list[Problem] = []
@@ -431,21 +431,20 @@ def receive(hook: HookConfig, body: bytes, headers: Mapping, query: Mapping) -> 
                 problems.append(found)
     if problems:
         raise ValidationFailed("the body does not match the webhook's schema", problems)
-    payload = payload_of(headers, query, parsed, utcnow())
-    return accept(hook, payload, dedupe_key)
+    return intake.Pending(
+        webhook_id=hook.id, user_id=hook.user_id, dedupe_key=dedupe_key,
+        payload=payload_of(headers, query, parsed, utcnow()),
+        links=[(uuid.UUID(link["workflow_id"]), link["node_id"]) for link in hook.links])
 
 
-def accept(hook: HookConfig, payload: dict, dedupe_key: str) -> Delivery:
+def accept(hook: HookConfig, pending: intake.Pending) -> Delivery:
     """One trigger event and one queued run per active linked workflow, stored by the intake's
     next group commit, then published. A repeat of an accepted delivery returns the first."""
-    pending = intake.Pending(
-        webhook_id=hook.id, user_id=hook.user_id, payload=payload, dedupe_key=dedupe_key,
-        links=[(uuid.UUID(link["workflow_id"]), link["node_id"]) for link in hook.links])
     intake.intake_for(current_app._get_current_object()).submit(pending)
     if pending.outcome == "gone":
         raise NotFound("no webhook at this address")
     if pending.outcome == "replayed":
-        return _first_delivery(hook, dedupe_key)
+        return _first_delivery(hook, pending.dedupe_key)
     return Delivery(pending.event_id, [run_id for run_id, _workflow in pending.runs], False,
                     hook.user_id, hook.first_params)
 
@@ -474,10 +473,13 @@ def count(webhook_id: Any, result: str) -> None:
 
 
 def run_outcome(execution_id: uuid.UUID) -> tuple[str, Any, Any] | None:
-    """(status, result, error) of a run, read in a short transaction."""
-    row = db.session.execute(select(Execution.status, Execution.result, Execution.error)
-                             .where(Execution.id == execution_id)).one_or_none()
-    db.session.commit()
+    """(status, result, error) of a run, read in a short transaction that leaves no
+    connection behind (a waiting request holds none)."""
+    try:
+        row = db.session.execute(select(Execution.status, Execution.result, Execution.error)
+                                 .where(Execution.id == execution_id)).one_or_none()
+    finally:
+        db.remove()
     return None if row is None else (row.status, row.result, row.error)
 
 

@@ -13,11 +13,10 @@ import logging
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app.db import db
 from app.errors import PayloadTooLarge, ServiceError, UnsupportedMediaType
 from app.extensions import csrf
 from app.live.hub import hub_for
-from app.live.waiting import wait_for_run
+from app.live.waiting import RunWaiter
 from app.services import webhooks
 
 log = logging.getLogger(__name__)
@@ -69,44 +68,47 @@ def receive(token: str):
     hook = webhooks.lookup(token)
     try:
         body = _read_body(webhooks.body_limit(hook))
-        delivery = webhooks.receive(hook, body, request.headers, request.args)
+        pending = webhooks.check(hook, body, request.headers, request.args)
     except ServiceError as exc:
         webhooks.count(hook.id, "rejected")
         log.info("webhook %s refused a delivery: %s %s", hook.id, exc.status, exc.message)
         raise
-    answer = {"event_id": str(delivery.event_id),
-              "execution_ids": [str(i) for i in delivery.execution_ids]}
-    params = delivery.params
-    if params.get("respond") != "when_finished" or not delivery.execution_ids:
-        return jsonify(answer), 202
-    return _when_finished(delivery, answer, float(params.get("timeout_s", 30)))
+    params = hook.first_params
+    if params.get("respond") == "when_finished" and pending.links:
+        return _when_finished(hook, pending, float(params.get("timeout_s", 30)))
+    return jsonify(_answer(webhooks.accept(hook, pending))), 202
 
 
-def _when_finished(delivery: webhooks.Delivery, answer: dict, timeout_s: float):
-    """Wait for the first run; answer with its result, or 504 with its id (it goes on)."""
-    execution_id = delivery.execution_ids[0]
-    db.remove()  # hold no connection while waiting
+def _answer(delivery: webhooks.Delivery) -> dict:
+    return {"event_id": str(delivery.event_id),
+            "execution_ids": [str(i) for i in delivery.execution_ids]}
 
-    def read_status() -> str | None:
-        try:
-            outcome = webhooks.run_outcome(execution_id)
-        finally:
-            db.remove()
-        return outcome[0] if outcome else None
 
-    status = wait_for_run(hub_for(current_app._get_current_object()), delivery.user_id,
-                          execution_id, timeout_s, read_status)
+def _when_finished(hook: webhooks.HookConfig, pending, timeout_s: float):
+    """Store the delivery, wait for its first run; answer with the run's result, or 504 with
+    its id (it goes on). The waiter listens before the run exists, so it misses nothing."""
+    hub = hub_for(current_app._get_current_object())
+    with RunWaiter(hub, hook.user_id, pending.run_ids[0]) as waiter:
+        delivery = webhooks.accept(hook, pending)
+        if not delivery.execution_ids:
+            return jsonify(_answer(delivery)), 202
+        execution_id = delivery.execution_ids[0]
+        if execution_id == pending.run_ids[0]:
+            outcome = waiter.wait(timeout_s, lambda: webhooks.run_outcome(execution_id),
+                                  before_run=True)
+        else:  # a replay, or the first link's workflow is no longer active: another run
+            waiter.close()
+            with RunWaiter(hub, hook.user_id, execution_id) as other:
+                outcome = other.wait(timeout_s, lambda: webhooks.run_outcome(execution_id),
+                                     before_run=False)
+    answer = _answer(delivery)
     headers = {"X-Jobsprint-Execution-Id": str(execution_id),
                "X-Jobsprint-Event-Id": answer["event_id"]}
-    if status is None:
+    if outcome is None:
         body = {**answer, "execution_id": str(execution_id), "error": {
             "code": "timeout", "details": [],
             "message": f"the run did not finish within {timeout_s:g} s; it goes on"}}
         return jsonify(body), 504, headers
-    try:
-        outcome = webhooks.run_outcome(execution_id)
-    finally:
-        db.remove()
     status, result, error = outcome
     headers["X-Jobsprint-Run-Status"] = status
     if status == "succeeded":

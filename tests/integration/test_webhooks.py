@@ -513,6 +513,34 @@ def test_when_finished_answers_with_the_last_nodes_output(api, client):
     assert uuid.UUID(answer.headers["X-Jobsprint-Execution-Id"])
 
 
+def test_when_finished_answers_a_replay_with_the_first_runs_result(api, client):
+    workflow_id = api.workflow(definition({"respond": "when_finished", "timeout_s": 15}))
+    info = api.webhook(workflow_id)
+    path = "/hooks/" + info["url"].rsplit("/", 1)[1]
+    data = raw(BODY)
+    headers = signing.jobsprint(info["secret"], data)
+    first, again = deliver(client, path, data, headers), deliver(client, path, data, headers)
+    assert first.status_code == again.status_code == 200
+    assert again.get_json() == first.get_json() == {"total": 25.0, "email": "a@b.com"}
+    assert (again.headers["X-Jobsprint-Execution-Id"]
+            == first.headers["X-Jobsprint-Execution-Id"])
+    assert executions_count() == 1
+
+
+def test_when_finished_still_answers_without_an_event_subscription(app, api, client,
+                                                                     monkeypatch):
+    """With no event subscription the waiter polls the database instead."""
+    from app.live import hub as hub_module
+
+    workflow_id = api.workflow(definition({"respond": "when_finished", "timeout_s": 15}))
+    info = api.webhook(workflow_id)
+    monkeypatch.setattr(hub_module.Hub, "register",
+                        lambda self, subscriber, wait_s=2.0: False)  # never subscribed
+    answer = signed(client, "/hooks/" + info["url"].rsplit("/", 1)[1], info["secret"])
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json() == {"total": 25.0, "email": "a@b.com"}
+
+
 def test_when_finished_reports_a_failed_run_without_a_5xx(api, client):
     workflow_id = api.workflow(definition({"respond": "when_finished", "timeout_s": 15},
                                           fail=True))
