@@ -304,6 +304,8 @@ class CpuMeter:
                 name = "worker"
             elif self.stack.backend == "embedded":
                 name = "web_with_inproc_workers"
+            elif name.startswith("web"):
+                name = "web"
             groups.setdefault(name, []).append(pid)
         if self.stack.backend != "embedded":
             groups["clock"] = [pid for name, pid in self.stack.pids(all_processes=True).items()
@@ -338,10 +340,12 @@ class CpuMeter:
 class Stack:
     """The processes of one round, each in its own process group, with its output in files."""
 
-    def __init__(self, backend: str, workers: int, web_threads: int) -> None:
+    def __init__(self, backend: str, workers: int, web_threads: int,
+                 web_processes: int = 1) -> None:
         self.backend = backend
         self.workers = workers
         self.web_threads = web_threads
+        self.web_processes = web_processes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.logs = Path(tempfile.mkdtemp(prefix=f"w2-{backend}-"))
@@ -372,7 +376,8 @@ class Stack:
                                      capture_output=True, text=True, timeout=120)
             if release.returncode:
                 raise RuntimeError(f"jobs.release failed:\n{release.stderr[-3000:]}")
-        self._spawn("web", [GUNICORN, "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
+        self._spawn("web", [GUNICORN, "--bind", f"127.0.0.1:{self.port}",
+                            "--workers", str(self.web_processes),
                             "--worker-class", "gthread", "--threads", str(self.web_threads),
                             "wsgi:app"])
         self._wait_http()
@@ -416,13 +421,21 @@ class Stack:
         queue workers (and the clock, with ``all_processes``)."""
         found = {}
         for name, proc, _out, _err in self.procs:
-            if name == "web":
+            if name == "web":  # web, web2, …: gunicorn's worker processes
                 children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
                 kids = children.read_text().split() if children.exists() else []
-                found[name] = int(kids[0]) if kids else proc.pid
+                for n, kid in enumerate(kids or [proc.pid]):
+                    found["web" if n == 0 else f"web{n + 1}"] = int(kid)
             elif name.startswith("worker") or all_processes:
                 found[name] = proc.pid
         return found
+
+    def hold_workers(self, held: bool) -> None:
+        """Pause (SIGSTOP) or resume (SIGCONT) every queue worker, to measure what the web
+        process takes in while it has the machine to itself."""
+        for name, proc, _out, _err in self.procs:
+            if name.startswith("worker") and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGSTOP if held else signal.SIGCONT)
 
     def check(self) -> None:
         for name, proc, _out, err in self.procs:

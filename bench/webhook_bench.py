@@ -1,7 +1,8 @@
 """W1 and W2 (DESIGN.md) through signed webhooks, on the production stack, beside its parts.
 
     .venv/bin/python bench/webhook_bench.py [--concurrency 1,10,50] [--seconds 10]
-        [--w2-seconds 10] [--workers 2] [--web-threads 64] [--profile DIR]
+        [--w2-seconds 10] [--workers 2] [--web-threads 64] [--web-processes 1]
+        [--profile DIR]
 
 The stack is w2_bench's (imported, not copied): one gunicorn gthread web process
 (``--web-threads`` threads; a when_finished request holds one thread while it waits, so there
@@ -23,6 +24,9 @@ requests, so the client takes less of the machine's two cores), sending back to 
   p50/p99 of the 202; then, from the database once all are final (or stalled 45 s):
   finished/s (min(created_at) -> max(finished_at)), failed_runs, lost_runs (accepted, never
   final), wrong_results, drain_seconds (last 202 -> last run final).
+- ``W2 c=<top> workers=held``: the top level again with the queue workers paused (SIGSTOP)
+  until the last 202, then resumed to drain: what the web process stores and queues when it
+  has the machine's two cores to itself (as when workers run on other machines).
 - ``cpu_ms_per_request``: CPU per request of each process of the stack during the level
   (W2: including the drain), from /proc, as w2_bench's CpuMeter.
 - Memory: RSS (MB) and threads of gunicorn's worker process idle (after setup and a short
@@ -225,7 +229,7 @@ def run(args, parts: dict[str, float]) -> None:
     w2.recreate_database()
     w2.flush_redis()
     w2.delete_rabbitmq_queues()
-    stack = w2.Stack(BACKEND, args.workers, args.web_threads)
+    stack = w2.Stack(BACKEND, args.workers, args.web_threads, args.web_processes)
     w2._STACKS.append(stack)
     results = None
     try:
@@ -235,12 +239,13 @@ def run(args, parts: dict[str, float]) -> None:
         w1_hook = Hook(client, stack, "W1 webhook when_finished", "when_finished")
         w2_hooks = {c: Hook(client, stack, f"W2 webhook immediately c={c}", "immediately")
                     for c in levels}
+        held_hook = Hook(client, stack, "W2 webhook immediately, workers held", "immediately")
         common = {"backend": BACKEND, "workers": args.workers,
-                  "web": f"gthread1x{args.web_threads}"}
+                  "web": f"gthread{args.web_processes}x{args.web_threads}"}
         print_rss(stack, "idle_before_warmup")
         # Warm-up: connections, caches, the validated graph, every webhook's cached config.
         Load(w1_hook, 4, 2.0, 200).run()
-        for hook in w2_hooks.values():
+        for hook in [*w2_hooks.values(), held_hook]:
             body, headers = hook.request(next(ORDER_IDS))
             conn = http.client.HTTPConnection(hook.host, hook.port, timeout=30)
             conn.request("POST", hook.path, body, headers)
@@ -272,50 +277,65 @@ def run(args, parts: dict[str, float]) -> None:
 
         top = levels[-1]
         for c in levels:
-            label = f"W2 c={c}"
-            hook = w2_hooks[c]
-            profiler = w2.Profiler(args.profile if c == top else None, f"w2-c{c}")
-            profiler.start(stack)
-            meter = w2.CpuMeter(stack)
-            meter.start()
-            load = Load(hook, c, args.w2_seconds, 202).run()
-            last_202 = time.perf_counter()
-            profiler.stop()
-            per_s = load.ok / load.elapsed
-            figure(label, "accepted_per_s", per_s, seconds=f"{load.elapsed:.1f}",
-                   accepted=load.ok, **common, **parts_context(per_s, parts))
-            ms = [x * 1000 for x in load.latencies]
-            figure(label, "accept_p50_ms", percentile(ms, 0.50))
-            figure(label, "accept_p99_ms", percentile(ms, 0.99))
-            figure(label, "wrong_answers", load.wrong)
-            load.print_codes(label)
-            expected = warm[c] + load.ok
-            done = results.wait_final(stack, hook.workflow_id, expected)
-            drained = time.perf_counter() - last_202
-            print_cpu(label, meter, load.ok)
-            rows = results.rows(hook.workflow_id)
-            # The warm-up delivery was made before W1: leave it out of the span.
-            measured = sorted(rows, key=lambda r: r.created_at)[warm[c]:]
-            finished = [r for r in measured if r.status in FINAL and r.finished_at is not None]
-            if finished:
-                span = (max(r.finished_at for r in finished)
-                        - min(r.created_at for r in measured)).total_seconds()
-                fin_per_s = len(finished) / span
-                figure(label, "finished_per_s", fin_per_s, runs=len(finished),
-                       **parts_context(fin_per_s, parts))
-            figure(label, "drain_seconds", drained)
-            counts = Counter(r.status for r in rows)
-            figure(label, "failed_runs", counts.get("failed", 0) + counts.get("cancelled", 0))
-            figure(label, "lost_runs", expected - done)
-            figure(label, "wrong_results",
-                   sum(1 for r in rows if r.status == "succeeded"
-                       and not right_result(r.result)))
+            w2_level(f"W2 c={c}", w2_hooks[c], c, warm[c], args, stack, results, common,
+                     parts, profile=args.profile if c == top else None)
+        # The same at the top level with the queue workers paused until the last 202: what the
+        # web process takes in (stored and queued) when it has the machine to itself.
+        w2_level(f"W2 c={top} workers=held", held_hook, top, 1, args, stack, results, common,
+                 parts, hold=True)
         print_rss(stack, "after_w2")
     finally:
         if results is not None:
             results.close()
         w2._STACKS.remove(stack)
         stack.stop()
+
+
+def w2_level(label: str, hook: Hook, c: int, warm: int, args, stack: w2.Stack,
+             results: w2.Results, common: dict, parts: dict[str, float], *,
+             profile: str | None = None, hold: bool = False) -> None:
+    """One W2 level: accepted/s and its latency, then finished/s and losses from the DB."""
+    profiler = w2.Profiler(profile, label.replace(" ", "-").replace("=", ""))
+    profiler.start(stack)
+    meter = w2.CpuMeter(stack)
+    meter.start()
+    if hold:
+        stack.hold_workers(True)
+    try:
+        load = Load(hook, c, args.w2_seconds, 202).run()
+    finally:
+        if hold:
+            stack.hold_workers(False)
+    last_202 = time.perf_counter()
+    profiler.stop()
+    per_s = load.ok / load.elapsed
+    figure(label, "accepted_per_s", per_s, seconds=f"{load.elapsed:.1f}",
+           accepted=load.ok, **common, **parts_context(per_s, parts))
+    ms = [x * 1000 for x in load.latencies]
+    figure(label, "accept_p50_ms", percentile(ms, 0.50))
+    figure(label, "accept_p99_ms", percentile(ms, 0.99))
+    figure(label, "wrong_answers", load.wrong)
+    load.print_codes(label)
+    expected = warm + load.ok
+    done = results.wait_final(stack, hook.workflow_id, expected)
+    drained = time.perf_counter() - last_202
+    print_cpu(label, meter, load.ok)
+    rows = results.rows(hook.workflow_id)
+    # The warm-up delivery was made before W1: leave it out of the span.
+    measured = sorted(rows, key=lambda r: r.created_at)[warm:]
+    finished = [r for r in measured if r.status in FINAL and r.finished_at is not None]
+    if finished:
+        span = (max(r.finished_at for r in finished)
+                - min(r.created_at for r in measured)).total_seconds()
+        fin_per_s = len(finished) / span
+        figure(label, "finished_per_s", fin_per_s, runs=len(finished),
+               **parts_context(fin_per_s, parts))
+    figure(label, "drain_seconds", drained)
+    counts = Counter(r.status for r in rows)
+    figure(label, "failed_runs", counts.get("failed", 0) + counts.get("cancelled", 0))
+    figure(label, "lost_runs", expected - done)
+    figure(label, "wrong_results",
+           sum(1 for r in rows if r.status == "succeeded" and not right_result(r.result)))
 
 
 def main() -> int:
@@ -325,6 +345,8 @@ def main() -> int:
     parser.add_argument("--w2-seconds", type=float, default=10.0, help="W2 seconds per level")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--web-threads", type=int, default=64)
+    parser.add_argument("--web-processes", type=int, default=1,
+                        help="gunicorn worker processes of the web (each its own intake)")
     parser.add_argument("--profile", metavar="DIR", default=None)
     args = parser.parse_args()
 
