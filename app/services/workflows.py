@@ -7,7 +7,10 @@ cache ``workflow:{id}`` that workers read.
 
 from __future__ import annotations
 
+import json
 import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -15,7 +18,15 @@ from sqlalchemy import func, select
 from app import engine
 from app.db import db
 from app.errors import Conflict, NotFound, Problem, ValidationFailed
-from app.models import Credential, User, Workflow, WorkflowVersion, isoformat, utcnow
+from app.models import (
+    Credential,
+    Execution,
+    User,
+    Workflow,
+    WorkflowVersion,
+    isoformat,
+    utcnow,
+)
 from app.services import audit, cache, triggers
 from app.services.pagination import keyset_page
 
@@ -173,6 +184,79 @@ def list_page(user: User, *, cursor: str | None = None, limit: int = 50,
         stmt = stmt.where(func.lower(Workflow.name).contains(query.strip().lower(),
                                                              autoescape=True))
     return keyset_page(db.session, stmt, Workflow.updated_at, Workflow.id, cursor, limit)
+
+
+def duplicate(user: User, workflow_id: uuid.UUID | str) -> Workflow:
+    """A new, inactive workflow with the same definition, named "<name> (copy)"."""
+    original = get_owned(user.id, workflow_id)
+    return create(user, {**export(original), "name": f"{original.name} (copy)"[:200]})
+
+
+def export(workflow: Workflow) -> dict:
+    """The portable form: what ``create`` takes back (no ids, versions or state)."""
+    definition = workflow.definition or {}
+    return {"name": workflow.name, **{key: definition.get(key, {} if key == "settings" else [])
+                                      for key in DEFINITION_KEYS}}
+
+
+IMPORT_MAX_BYTES = 2 * 1024 * 1024
+
+
+def import_json(user: User, raw: bytes) -> Workflow:
+    """Create a workflow from an exported JSON document (a 400 says what and where)."""
+    if len(raw) > IMPORT_MAX_BYTES:
+        raise ValidationFailed("the file is too large",
+                               [Problem("file", f"must be at most {IMPORT_MAX_BYTES} bytes")])
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValidationFailed("the file is not valid JSON",
+                               [Problem("file", "is not UTF-8 text")]) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed("the file is not valid JSON", [Problem(
+            "file", f"{exc.msg} at line {exc.lineno} column {exc.colno}")]) from None
+    return create(user, data)
+
+
+def trigger_kind(workflow: Workflow) -> str | None:
+    """manual | schedule | webhook: the type of the workflow's first trigger node."""
+    for node in (workflow.definition or {}).get("nodes", []):
+        kind = str(node.get("type", "")) if isinstance(node, dict) else ""
+        if kind.startswith("trigger."):
+            return kind.removeprefix("trigger.")
+    return None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    last_status: str | None
+    last_at: datetime | None
+    runs_24h: int
+
+
+def run_summaries(workflow_ids: list[uuid.UUID]) -> dict[uuid.UUID, RunSummary]:
+    """Each workflow's latest run and its number of runs in the last 24 h: one statement of
+    correlated subqueries, each an index range on (workflow_id, created_at)."""
+    if not workflow_ids:
+        return {}
+    runs = Execution.__table__.alias("runs")
+
+    def latest(column):
+        return (select(column).where(runs.c.workflow_id == Workflow.id,
+                                     runs.c.deleted_at.is_(None))
+                .order_by(runs.c.created_at.desc()).limit(1).scalar_subquery())
+
+    since = utcnow() - timedelta(hours=24)
+    recent = (select(func.count()).where(runs.c.workflow_id == Workflow.id,
+                                         runs.c.created_at >= since,
+                                         runs.c.deleted_at.is_(None))
+              .scalar_subquery())
+    rows = db.session.execute(
+        select(Workflow.id, latest(runs.c.status), latest(runs.c.created_at), recent)
+        .where(Workflow.id.in_(workflow_ids)))
+    return {row[0]: RunSummary(row[1], row[2], row[3] or 0) for row in rows}
 
 
 def as_api(workflow: Workflow) -> dict:
