@@ -193,7 +193,7 @@ class Intake:
                         "input": p.payload, "status": "queued", "lease_expires_at": lease,
                         "created_at": now, "updated_at": now})
         if runs:
-            session.execute(insert(Execution), runs)
+            session.execute(insert(Execution.__table__), runs)  # Core: no ORM bulk path
         session.commit()
         for p in batch:
             p.outcome = ("accepted" if p.event_id in inserted

@@ -14,7 +14,7 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app.errors import PayloadTooLarge, ServiceError, UnsupportedMediaType
-from app.extensions import csrf
+from app.extensions import csrf, limiter
 from app.live.hub import hub_for
 from app.live.waiting import RunWaiter
 from app.services import webhooks
@@ -22,6 +22,9 @@ from app.services import webhooks
 log = logging.getLogger(__name__)
 bp = Blueprint("hooks", __name__)
 csrf.exempt(bp)  # authenticated by the signature, never by a cookie
+# No per-IP limit: providers send from shared address pools in bursts, and a forged delivery
+# costs one HMAC before it is refused.
+limiter.exempt(bp)
 CHUNK = 64 * 1024
 
 
