@@ -24,11 +24,12 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 import redis
 from flask import current_app
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
 from app import engine
 from app.db import db
@@ -81,20 +82,38 @@ class Claim:
     cancel_requested: bool
 
 
+# The hot statements are built once: building and cache-keying a statement per call cost
+# more CPU than running it; they run on a plain connection (no ORM session or transaction
+# snapshot) in a transaction of their own.
+_CLAIM = (
+    update(RUNS)
+    .where(RUNS.c.id == bindparam("run_id"), RUNS.c.status == "queued")
+    .values(status="running", epoch=RUNS.c.epoch + 1, deliveries=RUNS.c.deliveries + 1,
+            lease_expires_at=bindparam("lease", type_=RUNS.c.lease_expires_at.type),
+            started_at=func.coalesce(RUNS.c.started_at,
+                                     bindparam("now", type_=RUNS.c.started_at.type)),
+            updated_at=bindparam("now"))
+    .returning(RUNS.c.epoch, RUNS.c.user_id, RUNS.c.workflow_id, RUNS.c.workflow_version,
+               RUNS.c.trigger_node_id, RUNS.c.input, RUNS.c.started_at, RUNS.c.deliveries,
+               RUNS.c.retry_of_id, RUNS.c.cancel_requested))
+_INSERT_NODES = insert(NODES)
+
+
+@cache
+def _fenced_update(keys: frozenset[str]):
+    """``UPDATE executions SET <keys> WHERE id = :run_id AND epoch = :run_epoch``."""
+    return (update(RUNS)
+            .where(RUNS.c.id == bindparam("run_id"), RUNS.c.epoch == bindparam("run_epoch"))
+            .values({key: bindparam(key, type_=RUNS.c[key].type) for key in sorted(keys)}))
+
+
 def claim(execution_id: uuid.UUID) -> Claim | None:
     """Take a queued run in one statement: everything the worker needs to run it (its new
     ``epoch`` among them), or None if it is not ours to run."""
     now = utcnow()
-    row = db.session.execute(
-        update(RUNS)
-        .where(RUNS.c.id == execution_id, RUNS.c.status == "queued")
-        .values(status="running", epoch=RUNS.c.epoch + 1, deliveries=RUNS.c.deliveries + 1,
-                lease_expires_at=now + _lease(),
-                started_at=func.coalesce(RUNS.c.started_at, now), updated_at=now)
-        .returning(RUNS.c.epoch, RUNS.c.user_id, RUNS.c.workflow_id, RUNS.c.workflow_version,
-                   RUNS.c.trigger_node_id, RUNS.c.input, RUNS.c.started_at, RUNS.c.deliveries,
-                   RUNS.c.retry_of_id, RUNS.c.cancel_requested)).one_or_none()
-    db.session.commit()
+    with db.engine.begin() as connection:
+        row = connection.execute(_CLAIM, {"run_id": execution_id, "now": now,
+                                          "lease": now + _lease()}).one_or_none()
     if row is None:
         return None
     claimed = Claim(**row._mapping)
@@ -271,36 +290,35 @@ class RunRecorder:
     # storage
     def flush(self, final: dict | None = None) -> None:
         """Commit pending node rows (and the final state) in one fenced transaction."""
-        session = db.session
         now = utcnow()
         values = {"lease_expires_at": now + _lease(), "updated_at": now, **(final or {})}
-        touched = session.execute(
-            update(RUNS).where(RUNS.c.id == self.execution_id, RUNS.c.epoch == self.epoch)
-            .values(**values)).rowcount
-        if not touched:
-            session.rollback()
-            self.fenced.set()
-            raise Fenced(str(self.execution_id))
-        inserts = []
-        for row in self.pending:
-            ident = (row["node_key"], row["attempt"])
-            if ident in self.existing:
-                session.execute(
-                    update(NODES)
-                    .where(NODES.c.execution_id == self.execution_id,
-                           NODES.c.node_key == row["node_key"],
-                           NODES.c.attempt == row["attempt"])
-                    .values(**{k: v for k, v in row.items()
-                               if k not in ("node_key", "attempt")
-                               # a resumed wait does not know when it started; keep the row's
-                               and not (k == "started_at" and v is None)}))
-            else:
-                self.existing.add(ident)
-                inserts.append({**NODE_ROW, "id": uuid.uuid4(),
-                                "execution_id": self.execution_id, **row})
-        if inserts:
-            session.execute(insert(NODES), inserts)
-        session.commit()
+        with db.engine.begin() as connection:
+            touched = connection.execute(
+                _fenced_update(frozenset(values)),
+                {"run_id": self.execution_id, "run_epoch": self.epoch, **values}).rowcount
+            if not touched:
+                self.fenced.set()
+                raise Fenced(str(self.execution_id))  # rolls the transaction back
+            inserts = []
+            for row in self.pending:
+                ident = (row["node_key"], row["attempt"])
+                if ident in self.existing:
+                    connection.execute(
+                        update(NODES)
+                        .where(NODES.c.execution_id == self.execution_id,
+                               NODES.c.node_key == row["node_key"],
+                               NODES.c.attempt == row["attempt"])
+                        .values(**{k: v for k, v in row.items()
+                                   if k not in ("node_key", "attempt")
+                                   # a resumed wait does not know when it started; keep
+                                   # the row's
+                                   and not (k == "started_at" and v is None)}))
+                else:
+                    self.existing.add(ident)
+                    inserts.append({**NODE_ROW, "id": uuid.uuid4(),
+                                    "execution_id": self.execution_id, **row})
+            if inserts:
+                connection.execute(_INSERT_NODES, inserts)
         flushed, self.pending = self.pending, []
         self.last_flush = time.monotonic()
         published = [self._node_event(row) for row in flushed]
