@@ -61,7 +61,8 @@ def test_a_batch_stores_each_delivery_once_even_a_repeat_inside_it(app, linked):
                                      Execution.trigger_event_id)).all()
     db.session.commit()
     assert {r.trigger_event_id for r in runs} == {first.event_id, other.event_id}
-    assert {r.status for r in runs} == {"queued"}
+    # queued when stored; the app's in-process workers may have taken them since
+    assert {r.status for r in runs} <= {"queued", "running", "succeeded"}
     assert {r.id for r in runs} == {first.runs[0][0], other.runs[0][0]}
     assert repeat.runs == []
 
