@@ -68,7 +68,6 @@ class Settings:
     allow_unsigned_webhooks: bool = False
     webhook_body_limit: int = 1_048_576
     webhook_rotation_grace_s: int = 86400
-    inline_when_finished: bool = True
     testing: bool = False
 
     @property
@@ -245,9 +244,6 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         webhook_rotation_grace_s=parse_int(
             "JOBSPRINT_WEBHOOK_ROTATION_GRACE_S",
             env.get("JOBSPRINT_WEBHOOK_ROTATION_GRACE_S", "86400")),
-        inline_when_finished=parse_boolean(
-            "JOBSPRINT_INLINE_WHEN_FINISHED",
-            env.get("JOBSPRINT_INLINE_WHEN_FINISHED", "true")),
     )
     settings = replace(settings, **overrides) if overrides else settings
     if not settings.keks:

@@ -66,9 +66,6 @@ class Pending:
     # the id each link's run gets if it is created (known before the commit, so a waiter can
     # listen for the run's events before it exists)
     run_ids: list[uuid.UUID] = field(default_factory=list)
-    # runs the caller runs itself, not published (if it never does, their lease runs out and
-    # the reaper publishes them)
-    held: set[uuid.UUID] = field(default_factory=set)
     # after the commit: "accepted" (runs set), "replayed" or "gone" (no active workflow)
     outcome: str | None = None
     runs: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)  # (run, workflow)
@@ -219,8 +216,7 @@ class Intake:
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("could not announce or count %d deliveries: %s", len(stored), exc)
-        run_ids = [run_id for p in accepted for run_id, _workflow in p.runs
-                   if run_id not in p.held]
+        run_ids = [run_id for p in accepted for run_id, _workflow in p.runs]
         if run_ids:
             executions.publish(run_ids)
 

@@ -45,15 +45,6 @@ FLUSH_INTERVAL_S = 0.25
 SIDE_EFFECT_TYPES = ("http.", "ai.", "integration.", "logic.wait")
 
 
-def is_pure(definition: dict | None) -> bool:
-    """No node with side effects or waits: a run of it is short, and re-running it after a
-    crash is harmless (what may run in the web process, see ``run_execution``)."""
-    nodes = (definition or {}).get("nodes") or []
-    return bool(nodes) and not any(
-        str(node.get("type", "")).startswith(SIDE_EFFECT_TYPES) for node in nodes
-        if isinstance(node, dict))
-
-
 class Fenced(Exception):
     """Another worker holds this run now; this one must stop writing."""
 
@@ -442,12 +433,7 @@ def _resume_state(execution_id: uuid.UUID) -> tuple[dict, set[tuple[str, int]]]:
 
 def run_execution(execution_id: str) -> None:
     """Queue handler: returns once the run's state is committed, or when there is nothing to
-    do (finished, held elsewhere, deferred). Raises only on infrastructure failure.
-
-    The web process also calls it for a pure run whose webhook caller waits for the result
-    (``respond: when_finished``): it then acts as a worker for that one run, with the same
-    claim, fence, lease and slot, so a web process that dies mid-run leaves it to the reaper
-    and a worker like any other."""
+    do (finished, held elsewhere, deferred). Raises only on infrastructure failure."""
     try:
         _run(uuid.UUID(execution_id))
     finally:

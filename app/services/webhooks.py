@@ -49,7 +49,7 @@ from app.models import (
     isoformat,
     utcnow,
 )
-from app.services import audit, cache, intake, runs, vault, workflows
+from app.services import audit, cache, intake, vault, workflows
 from app.services.intake import counter_key  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
@@ -202,8 +202,7 @@ class HookConfig:
     previous_ct: bytes | None = field(repr=False)
     previous_expires_at: float | None
     body_limit: int | None
-    # active workflows only: {workflow_id, node_id, params, pure (runs.is_pure)}
-    links: tuple[dict, ...]
+    links: tuple[dict, ...]  # active workflows only: {workflow_id, node_id, params}
 
     def secrets(self, now: float) -> list[bytes]:
         """The secrets that verify now: the current one, and the previous during its grace."""
@@ -237,8 +236,7 @@ def _load_config(token: str) -> dict | None:
                      if n.get("id") == node_id), None)
         if node is not None:
             links.append({"workflow_id": str(workflow_id), "node_id": node_id,
-                          "params": node.get("params") or {},
-                          "pure": runs.is_pure(definition)})
+                          "params": node.get("params") or {}})
     expires = hook.previous_expires_at
     return {"id": str(hook.id), "user_id": str(hook.user_id), "scheme": hook.scheme,
             "kek_id": hook.kek_id, "wrapped_key": _b64(hook.wrapped_key),

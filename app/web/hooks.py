@@ -17,8 +17,7 @@ from app.errors import PayloadTooLarge, ServiceError, UnsupportedMediaType
 from app.extensions import csrf, limiter
 from app.live.hub import hub_for
 from app.live.waiting import RunWaiter
-from app.models import FINAL_STATES
-from app.services import executions, runs, webhooks
+from app.services import webhooks
 
 log = logging.getLogger(__name__)
 bp = Blueprint("hooks", __name__)
@@ -83,19 +82,6 @@ def receive(token: str):
     return jsonify(_answer(webhooks.accept(hook, pending))), 202
 
 
-def _run_here(execution_id) -> None:
-    """Run a held run in this process, as a worker would; whatever stops it here (its slot is
-    taken, the store failed) hands it to the queue, where a worker takes it from there."""
-    try:
-        runs.run_execution(str(execution_id))
-        outcome = webhooks.run_outcome(execution_id)
-        if outcome is not None and outcome[0] in FINAL_STATES:
-            return
-    except Exception:  # noqa: BLE001 - the queue is the fallback for any failure here
-        log.exception("could not run %s in the web process; queueing it", execution_id)
-    executions.publish([execution_id])
-
-
 def _answer(delivery: webhooks.Delivery) -> dict:
     return {"event_id": str(delivery.event_id),
             "execution_ids": [str(i) for i in delivery.execution_ids]}
@@ -103,27 +89,19 @@ def _answer(delivery: webhooks.Delivery) -> dict:
 
 def _when_finished(hook: webhooks.HookConfig, pending, timeout_s: float):
     """Store the delivery, wait for its first run; answer with the run's result, or 504 with
-    its id (it goes on). The waiter listens before the run exists, so it misses nothing. A
-    pure run (no side effects, no waits) is run right here instead of on a worker: the caller
-    waits anyway, and it saves the queue round trip and a worker's claim."""
-    app = current_app._get_current_object()
-    first = pending.run_ids[0]
-    inline = app.config["SETTINGS"].inline_when_finished and hook.links[0].get("pure")
-    if inline:
-        pending.held.add(first)
-    with RunWaiter(hub_for(app), hook.user_id, first) as waiter:
+    its id (it goes on). The waiter listens before the run exists, so it misses nothing."""
+    hub = hub_for(current_app._get_current_object())
+    with RunWaiter(hub, hook.user_id, pending.run_ids[0]) as waiter:
         delivery = webhooks.accept(hook, pending)
         if not delivery.execution_ids:
             return jsonify(_answer(delivery)), 202
         execution_id = delivery.execution_ids[0]
-        if execution_id == first:
-            if inline:
-                _run_here(execution_id)
+        if execution_id == pending.run_ids[0]:
             outcome = waiter.wait(timeout_s, lambda: webhooks.run_outcome(execution_id),
-                                  before_run=not inline)
+                                  before_run=True)
         else:  # a replay, or the first link's workflow is no longer active: another run
             waiter.close()
-            with RunWaiter(hub_for(app), hook.user_id, execution_id) as other:
+            with RunWaiter(hub, hook.user_id, execution_id) as other:
                 outcome = other.wait(timeout_s, lambda: webhooks.run_outcome(execution_id),
                                      before_run=False)
     answer = _answer(delivery)

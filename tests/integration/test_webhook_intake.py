@@ -9,7 +9,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from itertools import pairwise
 
 import pytest
 from sqlalchemy import func, select
@@ -165,75 +164,3 @@ def test_a_database_outage_is_a_503_that_stores_nothing(app, client, api):
     again = client.post(path, data=data, headers=headers)  # the sender retries: stored once
     assert again.status_code == 202
     assert count(TriggerEvent) == 2
-
-
-# --- respond when_finished: a pure run runs in the web process ---------------------------
-
-def when_finished(api, nodes_extra=None, timeout_s=15):
-    nodes = [{"id": "hook", "type": "trigger.webhook",
-              "params": {"respond": "when_finished", "timeout_s": timeout_s}},
-             {"id": "calc", "type": "logic.set",
-              "params": {"keep": "set_only",
-                         "fields": {"total": "{{ input.body.amount * 2 }}"}}},
-             *(nodes_extra or [])]
-    connections = [{"from": a["id"], "to": b["id"]} for a, b in pairwise(nodes)]
-    workflow_id = api.workflow({"name": "Inline", "nodes": nodes, "connections": connections})
-    info = api.webhook(workflow_id)
-    return "/hooks/" + info["url"].rsplit("/", 1)[1], info["secret"]
-
-
-def post(client, path, secret):
-    data = raw(BODY)
-    return client.post(path, data=data, headers={
-        "Content-Type": "application/json", **signing.jobsprint(secret, data)})
-
-
-def test_a_pure_run_is_answered_with_no_worker_running(app, client, api):
-    from app.workers import stop_in_process
-
-    path, secret = when_finished(api)
-    stop_in_process(app)  # nothing but the web process can run it now
-    answer = post(client, path, secret)
-    assert answer.status_code == 200, answer.get_json()
-    assert answer.get_json() == {"total": 25.0}
-    run = db.session.get(Execution, uuid.UUID(answer.headers["X-Jobsprint-Execution-Id"]))
-    assert run.status == "succeeded" and run.deliveries == 1 and run.epoch == 1
-    db.session.commit()
-
-
-@pytest.mark.parametrize("settings_overrides", [{"inline_when_finished": False}])
-def test_with_inline_runs_off_the_web_only_waits(app, client, api):
-    from app.workers import stop_in_process
-
-    path, secret = when_finished(api, timeout_s=1)
-    stop_in_process(app)
-    answer = post(client, path, secret)
-    assert answer.status_code == 504
-    assert db.session.get(Execution, uuid.UUID(answer.get_json()["execution_id"])
-                          ).status == "queued"
-    db.session.commit()
-
-
-def test_a_run_with_side_effects_or_waits_goes_to_the_workers(app, client, api):
-    from app.workers import stop_in_process
-
-    path, secret = when_finished(api, [{"id": "pause", "type": "logic.wait",
-                                        "params": {"seconds": 0.1}}], timeout_s=1)
-    stop_in_process(app)
-    answer = post(client, path, secret)
-    assert answer.status_code == 504  # queued for a worker, and none runs
-
-
-@pytest.mark.parametrize("settings_overrides", [{"run_lease_s": 0.3}])
-def test_a_held_run_its_web_process_never_ran_is_reaped(app, linked):
-    from app.services import runs
-
-    box = intake.Intake(app)
-    held = pending(linked, "a")
-    held.held.add(held.run_ids[0])  # as if the process died right after the commit
-    with app.app_context():
-        box._take([held])
-        assert held.outcome == "accepted"
-        assert runs.reap() == []  # its lease still runs
-        time.sleep(0.4)
-        assert runs.reap() == [held.run_ids[0]]  # the clock publishes it, a worker runs it
