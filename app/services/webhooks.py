@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 from flask import current_app
-from sqlalchemy import event, select
+from sqlalchemy import bindparam, event, select
 from sqlalchemy.orm import Session
 
 from app.db import db
@@ -472,14 +472,15 @@ def count(webhook_id: Any, result: str) -> None:
         log.warning("could not count a delivery of webhook %s: %s", webhook_id, exc)
 
 
+_OUTCOME = (select(Execution.status, Execution.result, Execution.error)
+            .where(Execution.id == bindparam("run_id")))
+
+
 def run_outcome(execution_id: uuid.UUID) -> tuple[str, Any, Any] | None:
-    """(status, result, error) of a run, read in a short transaction that leaves no
-    connection behind (a waiting request holds none)."""
-    try:
-        row = db.session.execute(select(Execution.status, Execution.result, Execution.error)
-                                 .where(Execution.id == execution_id)).one_or_none()
-    finally:
-        db.remove()
+    """(status, result, error) of a run: one prebuilt statement on a connection returned at
+    once (a waiting request holds none)."""
+    with db.engine.connect() as connection:
+        row = connection.execute(_OUTCOME, {"run_id": execution_id}).one_or_none()
     return None if row is None else (row.status, row.result, row.error)
 
 
