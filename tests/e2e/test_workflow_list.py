@@ -23,7 +23,8 @@ def register(page) -> None:
 def create(page, name: str) -> None:
     page.get_by_label("New workflow name").fill(name)
     page.get_by_role("button", name="Create workflow").click()
-    expect(page.get_by_role("status")).to_contain_text(f"Created “{name}”.")
+    expect(page.get_by_role("status")).to_contain_text(f"Created “{name}”.")  # in its editor
+    page.get_by_role("link", name="← Workflows").click()
 
 
 def test_manage_workflows_from_the_list(page, tmp_path):

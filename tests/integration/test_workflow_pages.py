@@ -46,7 +46,7 @@ def page(client, path="/workflows", **kw) -> str:
 
 
 def names(html: str) -> list[str]:
-    return re.findall(r'<span class="wf-name">(.*?)</span>', html)
+    return re.findall(r'<a class="wf-name" href="/workflows/[^"]+/edit">(.*?)</a>', html)
 
 
 def make(user, name, nodes=None):
@@ -57,9 +57,10 @@ def make(user, name, nodes=None):
 def test_create_from_the_list_and_see_it(client, user, token):
     answer = client.post("/workflows/new", data={"csrf_token": token, "name": "Orders"})
     assert answer.status_code == 302
+    assert re.fullmatch(r"/workflows/[0-9a-f-]{36}/edit", answer.headers["Location"])
+    assert "Created “Orders”." in page(client, answer.headers["Location"])  # the editor
     html = page(client)
     assert names(html) == ["Orders"]
-    assert "Created “Orders”." in html
     assert ">manual<" in html and "never run" in html
 
 

@@ -1,7 +1,7 @@
-"""The workflow list (and, later, the editor)."""
+"""The workflow list and the editor."""
 
 from flask import Blueprint
 
 bp = Blueprint("workflows", __name__)
 
-from app.web.workflows import routes  # noqa: E402,F401
+from app.web.workflows import editor, routes  # noqa: E402,F401

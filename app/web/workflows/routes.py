@@ -51,7 +51,7 @@ def create():
     except ServiceError as exc:
         return _list(exc.status, exc.details or [exc])
     flash(f"Created “{workflow.name}”.")
-    return redirect(url_for("workflows.index"))
+    return redirect(url_for("workflows.edit", workflow_id=workflow.id))
 
 
 @bp.post("/workflows/import")
