@@ -31,7 +31,7 @@ from app.services import workflows
 
 TTL_S = 7 * 24 * 3600
 UNDO_DEPTH = 50
-GRID_X, GRID_Y, ORIGIN = 240, 110, (40, 40)
+GRID_X, GRID_Y, ORIGIN = 220, 100, (30, 30)
 _ID_CHARS = re.compile(r"[^a-z0-9_]+")
 
 

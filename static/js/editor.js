@@ -9,13 +9,19 @@
 
   function editor() { return document.getElementById("editor"); }
 
+  // One request at a time, in order: a quick Ctrl+S after a drag must not be dropped
+  // because the editor it targeted was replaced meanwhile.
+  var queue = Promise.resolve();
+
   function post(path, values) {
-    var root = editor();
-    if (!root) return;
-    htmx.ajax("POST", root.dataset.base + "/" + path, {
-      target: "#editor", swap: "outerHTML", values: values || {},
-      headers: { "X-CSRFToken": root.dataset.csrf }
-    });
+    queue = queue.then(function () {
+      var root = editor();
+      if (!root) return null;
+      return htmx.ajax("POST", root.dataset.base + "/" + path, {
+        target: "#editor", swap: "outerHTML", values: values || {},
+        headers: { "X-CSRFToken": root.dataset.csrf }
+      });
+    }).catch(function () { return null; });
   }
 
   function svgPoint(svg, event) {
@@ -76,6 +82,22 @@
       post("select", { node: id });
     }
   });
+
+  // A graph a little wider than the canvas is shown whole (scaled down to at most 65%);
+  // a bigger one keeps its size and scrolls.
+  function fit() {
+    var svg = document.querySelector("#editor svg.canvas");
+    if (!svg) return;
+    var wrap = svg.parentElement;
+    var box = svg.viewBox.baseVal;
+    var room = wrap.clientWidth - 2;
+    var scale = Math.min(1, Math.max(0.65, room / box.width));
+    svg.setAttribute("width", Math.round(box.width * scale));
+    svg.setAttribute("height", Math.round(box.height * scale));
+  }
+  document.addEventListener("DOMContentLoaded", fit);
+  document.addEventListener("htmx:afterSettle", fit);
+  window.addEventListener("resize", fit);
 
   document.addEventListener("click", function (event) {
     var edge = event.target.closest && event.target.closest("g.edge");

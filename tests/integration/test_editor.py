@@ -184,7 +184,7 @@ def test_imported_definitions_without_positions_are_laid_out(user, client, token
                         {"from": "b", "to": "d"}, {"from": "c", "to": "d"}]})
     html = Editor(client, token, imported.id).page()
     places = dict(re.findall(r'data-node="(\w)" transform="translate\(([\d,]+)\)"', html))
-    assert places == {"a": "40,40", "b": "280,40", "c": "280,150", "d": "520,40"}
+    assert places == {"a": "30,30", "b": "250,30", "c": "250,130", "d": "470,30"}
     assert "position" not in stored(imported).definition["nodes"][0]  # only the draft
 
 

@@ -21,7 +21,7 @@ from app.web.workflows import bp, node_form
 
 _PARAM = re.compile(r"^nodes\[\d+\]\.params\.([^.\[]+)")
 GROUPS = ("Triggers", "Logic", "HTTP", "AI", "Apps")
-NODE_W, NODE_H = 190, 64
+NODE_W, NODE_H = 170, 60
 
 
 def palette() -> list[tuple[str, list[engine.NodeType]]]:
@@ -46,8 +46,8 @@ def _context(workflow, draft: drafts.Draft, notice: str | None = None,
     for problem in problems:
         (by_node[problem.node_id] if problem.node_id else general).append(problem)
     nodes = draft.definition["nodes"]
-    width = max([n["position"][0] for n in nodes if n.get("position")] + [0]) + NODE_W + 80
-    height = max([n["position"][1] for n in nodes if n.get("position")] + [0]) + NODE_H + 80
+    width = max([n["position"][0] for n in nodes if n.get("position")] + [0]) + NODE_W + 40
+    height = max([n["position"][1] for n in nodes if n.get("position")] + [0]) + NODE_H + 40
     panel = None
     selected = draft.node(draft.selected)
     if selected is not None:
@@ -86,7 +86,7 @@ def _context(workflow, draft: drafts.Draft, notice: str | None = None,
             "outputs_of": drafts.output_names, "versions": versions, "authors": authors,
             "edges": _edges(draft), "palette": palette(), "panel": panel,
             "problems": problems, "general_problems": general, "node_problems": by_node,
-            "canvas": {"width": max(width, 900), "height": max(height, 480)},
+            "canvas": {"width": max(width, 640), "height": max(height, 420)},
             "node_w": NODE_W, "node_h": NODE_H, "notice": notice, "errors": errors or []}
 
 

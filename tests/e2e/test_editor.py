@@ -1,0 +1,83 @@
+"""A person builds a workflow in the editor only by clicking and typing: manual trigger → set →
+if → set, connected by clicking ports; moves a node by dragging; sees an invalid expression
+flagged at its field; saves with Ctrl+S; deletes with the Delete key; undoes."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import screenshot
+from tests.e2e.test_workflow_list import register
+
+
+def node(page, node_id):
+    return page.locator(f'g.node[data-node="{node_id}"]')
+
+
+def test_build_a_workflow_by_clicking(page):
+    register(page)
+    page.get_by_label("New workflow name").fill("Orders by hand")
+    page.get_by_role("button", name="Create workflow").click()
+    expect(page.get_by_role("heading", name="Settings")).to_be_visible()
+    expect(node(page, "start")).to_be_visible()
+    palette = page.get_by_role("navigation", name="Add a node")
+
+    # The trigger is there; add set, if and another set (each lands after the last one)
+    node(page, "start").click()
+    expect(page.get_by_role("heading", name="Run by hand start")).to_be_visible()
+    palette.get_by_role("button", name="Set fields").click()
+    expect(node(page, "set")).to_be_visible()
+    page.get_by_label("Fields: new name").fill("total")
+    page.get_by_label("Fields: new value").fill("{{ input.amount * 2 }}")
+    page.get_by_label("Fields: new value").press("Tab")  # change → the form is applied
+    expect(page.get_by_label("Fields: name 1")).to_have_value("total")
+
+    palette.get_by_role("button", name="If", exact=True).click()
+    expect(node(page, "if")).to_be_visible()
+    page.get_by_label("Condition").fill("{{ input.total > 100")  # unclosed
+    page.get_by_label("Condition").press("Tab")
+    field = page.locator('[data-param="condition"]')
+    expect(field.get_by_role("alert")).to_be_visible()
+    expect(node(page, "if")).to_have_class(re.compile(r"\binvalid\b"))
+    expect(node(page, "if")).to_have_attribute("aria-label", "Node if, If, has problems")
+    page.get_by_label("Condition").fill("{{ input.total > 100 }}")
+    page.get_by_label("Condition").press("Tab")
+    expect(field.get_by_role("alert")).to_have_count(0)
+
+    palette.get_by_role("button", name="Set fields").click()
+    expect(node(page, "set_2")).to_be_visible()
+    # set_2 was linked from the if's first output; link the 'false' output too, by ports
+    node(page, "if").locator('.port.out[data-output="false"]').dispatch_event("pointerdown")
+    node(page, "set_2").click()
+    expect(page.locator('g.edge[aria-label="Connection from if (false) to set_2"]')).to_be_visible()
+    expect(page.locator("g.edge")).to_have_count(4)
+
+    # drag a node
+    node(page, "set_2").scroll_into_view_if_needed()
+    box = node(page, "set_2").bounding_box()
+    page.mouse.move(box["x"] + 60, box["y"] + 30)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 60, box["y"] + 160, steps=5)
+    page.mouse.up()
+    # down by 130 screen pixels, which is more in canvas units when the graph is scaled to fit
+    expect(node(page, "set_2")).to_have_attribute(
+        "transform", re.compile(r"translate\(690,(1[3-9]\d|2[0-2]\d)\)"))
+
+    page.keyboard.press("Control+s")
+    expect(page.locator("#editor").get_by_role("status")).to_have_text("Saved version 2.")
+    screenshot(page, "30-editor-built")
+
+    # delete with the keyboard, then undo
+    node(page, "set_2").click()
+    expect(page.get_by_role("heading", name="Set fields set_2")).to_be_visible()
+    page.keyboard.press("Delete")
+    expect(node(page, "set_2")).to_have_count(0)
+    page.get_by_role("button", name="Undo").click()
+    expect(node(page, "set_2")).to_be_visible()
+    expect(page.locator("g.edge")).to_have_count(4)
+
+    page.get_by_role("link", name="History").click()
+    expect(page.get_by_role("region", name="History")).to_contain_text("Version 2")
+    screenshot(page, "31-editor-history")
