@@ -152,6 +152,40 @@ def restore(user: User, workflow_id: str, version: int) -> Draft:
     return change(user, workflow_id, edit)
 
 
+# --- the editor's last run --------------------------------------------------------------
+
+def _run_key(workflow_id: Any, user_id: Any) -> str:
+    return f"editor-run:{workflow_id}:{user_id}"
+
+
+def remember_run(user: User, workflow_id: Any, run_id: Any, input_text: str) -> None:
+    _store().set(_run_key(workflow_id, user.id), json.dumps(
+        {"run_id": str(run_id), "input": input_text}), ex=TTL_S)
+
+
+def last_run(user: User, workflow_id: Any) -> dict:
+    """{"run_id", "input"} of the last run started from the editor ({} if none)."""
+    raw = _store().get(_run_key(workflow_id, user.id))
+    return json.loads(raw) if raw else {}
+
+
+def run(user: User, workflow_id: str, input_text: str):
+    """Save the draft if it changed, then start a manual run with ``input_text`` (JSON)."""
+    from app.services import executions
+
+    try:
+        data = json.loads(input_text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed("the run input is not valid JSON", [Problem(
+            "input", f"{exc.msg} at line {exc.lineno} column {exc.colno}")]) from None
+    _workflow, draft = load(user, workflow_id)
+    if draft.changed:
+        save(user, workflow_id)
+    execution, _new = executions.start_manual(user, workflow_id, data)
+    remember_run(user, workflow_id, execution.id, input_text)
+    return execution
+
+
 def _raw_path(draft: Draft, key: str) -> str:
     node_id, _, param = key.partition(".")
     index = next((i for i, n in enumerate(draft.definition["nodes"]) if n.get("id") == node_id),

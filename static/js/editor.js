@@ -24,6 +24,34 @@
     }).catch(function () { return null; });
   }
 
+  // The node's settings form is sent when it is done with, not on every keystroke (a
+  // re-render while typing would lose what is being typed): a select or checkbox changed,
+  // Enter in a field, or focus leaving the form after an edit.
+  var dirty = false;
+
+  function applySettings() {
+    var form = document.getElementById("node-form");
+    if (!form || !dirty) return;
+    dirty = false;
+    var values = htmx.values(form);
+    var path = form.getAttribute("hx-post").split("/edit/")[1];
+    post(path, values);
+  }
+
+  document.addEventListener("input", function (event) {
+    if (event.target.closest && event.target.closest("#node-form")) dirty = true;
+  });
+  document.addEventListener("change", function (event) {
+    var form = event.target.closest && event.target.closest("#node-form");
+    if (!form) return;
+    dirty = true;
+    if (event.target.tagName === "SELECT" || event.target.type === "checkbox") applySettings();
+  });
+  document.addEventListener("focusout", function (event) {
+    var form = event.target.closest && event.target.closest("#node-form");
+    if (form && !(event.relatedTarget && form.contains(event.relatedTarget))) applySettings();
+  });
+
   function svgPoint(svg, event) {
     var point = svg.createSVGPoint();
     point.x = event.clientX;
@@ -97,6 +125,38 @@
   }
   document.addEventListener("DOMContentLoaded", fit);
   document.addEventListener("htmx:afterSettle", fit);
+
+  // The last run's node states (pushed over the WebSocket into the run strip) on the canvas:
+  // a colour and an icon per node.
+  var ICONS = { queued: "…", running: "◐", waiting: "⏸", succeeded: "✓", failed: "✗",
+                skipped: "–", cancelled: "✗" };
+  var RANK = { failed: 6, running: 5, waiting: 4, queued: 3, succeeded: 2, cancelled: 1, skipped: 0 };
+
+  function syncRun() {
+    var states = {};
+    document.querySelectorAll(".run-strip li.node").forEach(function (item) {
+      var key = (item.querySelector(".node-id") || {}).textContent || "";
+      var match = /\bstatus-(\w+)/.exec(item.className);
+      if (!key || !match) return;
+      var id = key.split("[")[0];
+      var status = match[1];
+      if (!(id in states) || (RANK[status] || 0) > (RANK[states[id]] || 0)) states[id] = status;
+    });
+    document.querySelectorAll("#editor g.node").forEach(function (node) {
+      var status = states[node.dataset.node];
+      node.classList.forEach(function (name) {
+        if (name.indexOf("run-") === 0) node.classList.remove(name);
+      });
+      var icon = node.querySelector(".run-icon");
+      if (status) node.classList.add("run-" + status);
+      if (icon) icon.textContent = status ? (ICONS[status] || "") : "";
+      node.dataset.run = status || "";
+    });
+  }
+  document.addEventListener("DOMContentLoaded", syncRun);
+  document.addEventListener("htmx:afterSettle", syncRun);
+  document.addEventListener("htmx:oobAfterSwap", syncRun);
+  document.addEventListener("htmx:wsAfterMessage", syncRun);
   window.addEventListener("resize", fit);
 
   document.addEventListener("click", function (event) {
@@ -110,8 +170,15 @@
     var typing = /^(INPUT|TEXTAREA|SELECT)$/.test(event.target.tagName);
     if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "s") {
       event.preventDefault();
-      if (typing) event.target.dispatchEvent(new Event("change", { bubbles: true }));
-      setTimeout(function () { post("save"); }, typing ? 150 : 0);
+      applySettings();  // queued first, so the save includes it
+      post("save");
+      return;
+    }
+    if (event.key === "Enter" && event.target.tagName === "INPUT"
+        && event.target.closest("#node-form")) {
+      event.preventDefault();
+      dirty = true;
+      applySettings();
       return;
     }
     if (typing) return;

@@ -31,19 +31,19 @@ def test_build_a_workflow_by_clicking(page):
     expect(node(page, "set")).to_be_visible()
     page.get_by_label("Fields: new name").fill("total")
     page.get_by_label("Fields: new value").fill("{{ input.amount * 2 }}")
-    page.get_by_label("Fields: new value").press("Tab")  # change → the form is applied
+    page.get_by_label("Fields: new value").press("Enter")  # applies the form
     expect(page.get_by_label("Fields: name 1")).to_have_value("total")
 
     palette.get_by_role("button", name="If", exact=True).click()
     expect(node(page, "if")).to_be_visible()
     page.get_by_label("Condition").fill("{{ input.total > 100")  # unclosed
-    page.get_by_label("Condition").press("Tab")
+    page.get_by_label("Condition").press("Enter")
     field = page.locator('[data-param="condition"]')
     expect(field.get_by_role("alert")).to_be_visible()
     expect(node(page, "if")).to_have_class(re.compile(r"\binvalid\b"))
     expect(node(page, "if")).to_have_attribute("aria-label", "Node if, If, has problems")
     page.get_by_label("Condition").fill("{{ input.total > 100 }}")
-    page.get_by_label("Condition").press("Tab")
+    page.get_by_label("Condition").press("Enter")
     expect(field.get_by_role("alert")).to_have_count(0)
 
     palette.get_by_role("button", name="Set fields").click()
@@ -81,3 +81,32 @@ def test_build_a_workflow_by_clicking(page):
     page.get_by_role("link", name="History").click()
     expect(page.get_by_role("region", name="History")).to_contain_text("Version 2")
     screenshot(page, "31-editor-history")
+
+
+def test_run_from_the_editor_and_watch_each_node_turn_green(page):
+    register(page)
+    page.get_by_label("New workflow name").fill("Live run")
+    page.get_by_role("button", name="Create workflow").click()
+    palette = page.get_by_role("navigation", name="Add a node")
+    node(page, "start").click()
+    palette.get_by_role("button", name="Set fields").click()
+    page.get_by_label("Fields: new name").fill("total")
+    page.get_by_label("Fields: new value").fill("{{ input.amount * 2 }}")
+    page.get_by_label("Fields: new value").press("Enter")
+    expect(page.get_by_label("Fields: name 1")).to_have_value("total")
+    palette.get_by_role("button", name="No operation").click()
+    expect(node(page, "noop")).to_be_visible()
+
+    page.get_by_label("Run input (JSON)").fill('{"amount": 60}')
+    page.get_by_role("button", name="Save and run").click()
+    for node_id in ("start", "set", "noop"):
+        expect(node(page, node_id)).to_have_class(re.compile(r"\brun-succeeded\b"), timeout=15000)
+        expect(node(page, node_id).locator(".run-icon")).to_have_text("✓")
+    expect(page.locator(".run-strip .status").first).to_have_text("succeeded")
+    screenshot(page, "32-editor-run-succeeded")
+
+    page.get_by_role("button", name="Input and output of set").click()
+    detail = page.get_by_role("region", name="Node set")
+    expect(detail).to_contain_text('"total": 120')
+    expect(detail).to_contain_text('"amount": 60')  # kept from the input (keep: all)
+    screenshot(page, "33-editor-node-output")

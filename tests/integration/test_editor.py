@@ -5,12 +5,14 @@ delete; escaping, CSRF and ownership."""
 from __future__ import annotations
 
 import re
+import time
+import uuid
 
 import pytest
 from sqlalchemy import select
 
 from app.db import db
-from app.models import User, Workflow
+from app.models import Execution, User, Workflow
 from app.services import workflows
 
 HTMX = {"HX-Request": "true"}
@@ -213,3 +215,35 @@ def test_without_javascript_each_action_redirects_to_the_editor(editor, client, 
                                                        "type": "logic.noop"})
     assert answer.status_code == 302 and answer.headers["Location"] == editor.base
     assert node_ids(editor.page()) == ["start", "noop"]
+
+
+def test_run_from_the_editor_saves_first_and_shows_the_run(editor, flow, user):
+    editor.do("nodes", type="logic.set")
+    editor.do("nodes/set/settings", **{"param:fields:key": ["big"],
+                                       "param:fields:value": ["{{ 'x' * 5000 }}"]})
+    html = editor.do("run", input='{"amount": 3}')
+    assert stored(flow).version == 2  # saved before running
+    run_id = re.search(r'data-run="([0-9a-f-]{36})"', html).group(1)
+    assert 'ws-connect="/ws/executions/' + run_id in html
+    assert '{&#34;amount&#34;: 3}</textarea>' in html or '{"amount": 3}</textarea>' in html
+    for _ in range(100):  # the in-process workers run it
+        run = db.session.get(Execution, uuid.UUID(run_id))
+        db.session.refresh(run)
+        db.session.commit()
+        if run.status == "succeeded":
+            break
+        time.sleep(0.05)
+    assert run.status == "succeeded"
+    detail = editor.client.get(f"/executions/{run_id}/nodes/set")
+    text = detail.get_data(as_text=True)
+    assert detail.status_code == 200 and "Show all" in text and text.count("x") < 4500
+    full = editor.client.get(f"/executions/{run_id}/nodes/set?full=1").get_data(as_text=True)
+    assert "Show all" not in full and full.count("x") >= 5000
+    assert editor.client.get(f"/executions/{run_id}/nodes/nope").status_code == 404
+
+
+def test_bad_run_input_is_refused_and_kept(editor, flow):
+    html = editor.do("run", status=400, input='{"amount": ')
+    assert "the run input is not valid JSON" in html
+    assert "Expecting value at line 1 column 12" in html
+    assert '{"amount": </textarea>' in html or "{&#34;amount&#34;: </textarea>" in html

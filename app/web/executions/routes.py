@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from flask import render_template
+import json
+
+from flask import render_template, request
 from flask_login import current_user, login_required
 
 from app.live import ws
@@ -21,3 +23,29 @@ def show(execution_id: str):
     execution = executions.get_owned(current_user.id, execution_id)  # another user's: 404
     state = ws.execution_state(execution, ws.planned_nodes(execution))
     return render_template("executions/show.html", **state)
+
+
+SHOWN_CHARS = 4000
+
+
+def _part(value) -> dict:
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    full = request.args.get("full") == "1"
+    cut = not full and len(text) > SHOWN_CHARS
+    return {"text": text[:SHOWN_CHARS] + "\n…" if cut else text, "cut": cut, "size": len(text)}
+
+
+@bp.get("/executions/<execution_id>/nodes/<path:node_key>")
+@login_required
+def node_detail(execution_id: str, node_key: str):
+    """A node's latest attempt: its input, output and error (the page asks with htmx)."""
+    execution = executions.get_owned(current_user.id, execution_id)  # another user's: 404
+    row = next((r for r in executions.node_rows(execution.id) if r.node_key == node_key), None)
+    if row is None:
+        return render_template("errors/error.html", status=404,
+                               message="This node has not run."), 404
+    parts = [("Output", _part(row.output))]
+    if row.input is not None:  # stored for nodes with side effects; a logic node's input is
+        parts.insert(0, ("Input", _part(row.input)))  # the output of the node before it
+    return render_template("executions/_node_detail.html", key=node_key, row=row, parts=parts,
+                           execution_id=str(execution.id))

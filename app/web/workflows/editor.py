@@ -15,8 +15,9 @@ from sqlalchemy import select
 from app import engine
 from app.db import db
 from app.errors import ServiceError
+from app.live import ws
 from app.models import Credential, User
-from app.services import drafts, workflows
+from app.services import drafts, executions, workflows
 from app.web.workflows import bp, node_form
 
 _PARAM = re.compile(r"^nodes\[\d+\]\.params\.([^.\[]+)")
@@ -81,7 +82,18 @@ def _context(workflow, draft: drafts.Draft, notice: str | None = None,
     if versions:
         authors = dict(db.session.execute(select(User.id, User.email).where(
             User.id.in_({v.created_by for v in versions if v.created_by}))).all())
-    return {"workflow": workflow, "draft": draft, "nodes": nodes,
+    run, run_input = None, request.form.get("input")
+    remembered = drafts.last_run(current_user, workflow.id)
+    if remembered.get("run_id"):
+        try:
+            execution = executions.get_owned(current_user.id, remembered["run_id"])
+            run = ws.execution_state(execution, ws.planned_nodes(execution))
+        except ServiceError:
+            run = None
+    if run_input is None:
+        run_input = remembered.get("input", "{}")
+    return {"workflow": workflow, "draft": draft, "nodes": nodes, "run": run,
+            "run_input": run_input,
             "types": {t.name: t for t in engine.node_types()},
             "outputs_of": drafts.output_names, "versions": versions, "authors": authors,
             "edges": _edges(draft), "palette": palette(), "panel": panel,
@@ -246,3 +258,10 @@ def restore(workflow_id: str):
 def save(workflow_id: str):
     saved = drafts.save(current_user, workflow_id)
     return _answer(workflow_id, notice=f"Saved version {saved.version}.")
+
+
+@bp.post("/workflows/<workflow_id>/edit/run")
+@editing
+def run(workflow_id: str):
+    drafts.run(current_user, workflow_id, request.form.get("input") or "{}")
+    return _answer(workflow_id)
