@@ -38,7 +38,7 @@ from app.errors import NotFound
 from app.extensions import sock
 from app.live.hub import Event, Subscriber, hub_for
 from app.models import FINAL_STATES, Execution, Workflow, WorkflowVersion
-from app.services import executions, sessions
+from app.services import executions, run_stats, sessions
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,14 @@ def dashboard_socket(ws):
     user = _signed_in(ws)
     if user is None:
         return
-    _serve(ws, user, DashboardView(user.id))
+    try:
+        with _reading():
+            filters = run_stats.Filters.parse(request.args, user.id)
+    except SQLAlchemyError as exc:
+        log.warning("live: cannot read the dashboard's filters: %s", type(exc).__name__)
+        ws.close(reason=TRY_AGAIN_LATER, message="try again")
+        return
+    _serve(ws, user, DashboardView(user.id, filters))
 
 
 def _signed_in(ws):
@@ -151,7 +158,7 @@ def _serve(ws, user, view) -> None:
         if not _send(ws, view.snapshot()):
             return
         while ws.connected and not subscriber.dropped:
-            events, resync = subscriber.wait(IDLE_WAKE_S)
+            events, resync = subscriber.wait(getattr(view, "wake_s", None) or IDLE_WAKE_S)
             ws.input_buffer.clear()  # nothing a client says here is read
             if not ws.connected or subscriber.dropped:
                 break
@@ -161,6 +168,8 @@ def _serve(ws, user, view) -> None:
                     return
                 continue
             parts = [part for event in events if (part := view.render(event))]
+            if (later := getattr(view, "tick", None)) and (part := later()):
+                parts.append(part)
             if parts:
                 ws.send("".join(parts))
             if session_id and time.monotonic() >= check_session_at:
@@ -205,7 +214,8 @@ def run_row(execution_id, *, status: str | None = None) -> dict | None:
     """What a dashboard row shows of one run (``status`` overrides the stored one)."""
     row = db.session.execute(
         select(Execution.id, Execution.status, Execution.created_at, Execution.started_at,
-               Execution.finished_at, Execution.deleted_at, Workflow.name)
+               Execution.finished_at, Execution.deleted_at, Execution.workflow_id,
+               Workflow.name)
         .join(Workflow, Workflow.id == Execution.workflow_id)
         .where(Execution.id == execution_id)).one_or_none()
     if row is None or row.deleted_at is not None:
@@ -217,32 +227,101 @@ def _row_dict(row, status: str | None = None) -> dict:
     status = status or row.status
     final = status in FINAL_STATES
     return {"id": str(row.id), "workflow_name": row.name, "status": status,
+            "workflow_id": str(row.workflow_id), "created_at": row.created_at,
             "started_at": row.started_at or row.created_at,
             "duration": _duration(row.started_at, row.finished_at) if final else ""}
 
 
-def latest_rows(user_id, limit: int = DASHBOARD_ROWS) -> list[dict]:
-    rows = db.session.execute(
-        select(Execution.id, Execution.status, Execution.created_at, Execution.started_at,
-               Execution.finished_at, Workflow.name)
-        .join(Workflow, Workflow.id == Execution.workflow_id)
-        .where(Execution.user_id == user_id, Execution.deleted_at.is_(None))
-        .order_by(Execution.created_at.desc(), Execution.id.desc()).limit(limit)).all()
-    return [_row_dict(row) for row in rows]
+def latest_rows(user_id, limit: int = DASHBOARD_ROWS,
+                filters: run_stats.Filters | None = None) -> list[dict]:
+    stmt = (select(Execution.id, Execution.status, Execution.created_at, Execution.started_at,
+                   Execution.finished_at, Execution.workflow_id, Workflow.name)
+            .join(Workflow, Workflow.id == Execution.workflow_id)
+            .where(Execution.user_id == user_id, Execution.deleted_at.is_(None))
+            .order_by(Execution.created_at.desc(), Execution.id.desc()).limit(limit))
+    if filters is not None:
+        stmt = filters.where(stmt)
+    return [_row_dict(row) for row in db.session.execute(stmt).all()]
+
+
+def summary(user_id, filters: run_stats.Filters) -> dict:
+    """The dashboard's counts per status and its 24-hour chart."""
+    counts = run_stats.status_counts(user_id, filters)
+    hours = run_stats.hourly(user_id, filters)
+    return {"counts": counts, "hours": hours, "filters": filters,
+            "peak": max([h["runs"] for h in hours] + [1])}
+
+
+class _Recent:
+    """Values computed at most once per ``ttl_s`` per key in this process, single flight: a
+    thousand dashboards of one user with the same filters read the summary once."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._entries: dict = {}  # key -> [computed_at, value, lock]
+
+    def get(self, key, compute, not_before: float = 0.0):
+        """The value for ``key`` computed at or after ``not_before`` (and within ``ttl_s``),
+        computing it if there is none."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                for old in [k for k, e in self._entries.items() if now - e[0] > 60]:
+                    del self._entries[old]
+                entry = self._entries[key] = [0.0, None, threading.Lock()]
+        with entry[2]:
+            if (entry[1] is None or entry[0] < not_before
+                    or time.monotonic() - entry[0] > self.ttl_s):
+                entry[1] = compute()
+                entry[0] = time.monotonic()
+            return entry[1]
+
+
+SUMMARY_EVERY_S = 1.0
+_summaries = _Recent(SUMMARY_EVERY_S)
 
 
 class DashboardView:
-    """The ``#executions-body`` table: the latest runs, newest first."""
+    """The ``#executions-body`` table (the latest runs that match the filters, newest first)
+    and ``#dashboard-summary`` (counts per status, runs per hour), re-read at most once a
+    second while runs change."""
 
-    def __init__(self, user_id) -> None:
+    def __init__(self, user_id, filters: run_stats.Filters | None = None) -> None:
         self.user_id = user_id
+        self.filters = filters or run_stats.Filters()
         self.shown: deque[str] = deque()  # ids in the table, newest first
+        self.summary_due = False
+        self.due_since = 0.0  # when the first change not yet in the summary came
+        self.summary_at = 0.0
+        self.wake_s: float | None = None
 
     def snapshot(self) -> str:
         with _reading():
-            rows = latest_rows(self.user_id)
+            rows = latest_rows(self.user_id, filters=self.filters)
+            state = summary(self.user_id, self.filters)
         self.shown = deque(row["id"] for row in rows)
-        return render_template("partials/live/_rows.html", rows=rows, oob=True)
+        self.summary_due, self.summary_at = False, time.monotonic()
+        return (render_template("partials/live/_rows.html", rows=rows, oob=True)
+                + render_template("partials/live/_summary.html", oob=True, **state))
+
+    def tick(self) -> str | None:
+        """The summary again, once runs changed and a second has passed since the last."""
+        if not self.summary_due:
+            self.wake_s = None
+            return None
+        if time.monotonic() - self.summary_at < SUMMARY_EVERY_S:
+            self.wake_s = SUMMARY_EVERY_S  # come back for it
+            return None
+        self.summary_due, self.summary_at, self.wake_s = False, time.monotonic(), None
+        return _summaries.get((str(self.user_id), self.filters), self._render_summary,
+                              not_before=self.due_since)
+
+    def _render_summary(self) -> str:
+        with _reading():
+            return render_template("partials/live/_summary.html", oob=True,
+                                   **summary(self.user_id, self.filters))
 
     def render(self, event: Event) -> str | None:
         data = event.data
@@ -250,6 +329,8 @@ class DashboardView:
             return None
         execution_id = str(data["execution_id"])
         status = data.get("status")
+        if not self.summary_due:
+            self.summary_due, self.due_since = True, event.received_at
 
         def load():
             with _reading():
@@ -257,6 +338,12 @@ class DashboardView:
 
         row = event.memo("row", load)
         if row is None:
+            return None
+        if not self.filters.matches(row):
+            if execution_id in self.shown:  # it left the filter (e.g. no longer running)
+                self.shown.remove(execution_id)
+                return render_template("partials/live/_run_row_delete.html",
+                                       execution_id=execution_id)
             return None
         if execution_id in self.shown:
             return event.memo("row-replace", lambda: render_template(

@@ -67,4 +67,18 @@ def test_a_run_turns_succeeded_live(page):
     expect(row).to_contain_text("Watch me <b>live</b>")
     expect(page.locator(f"#execution-{second} .status")).to_have_text("succeeded",
                                                                       timeout=15000)
+    # the counts and the chart follow within a second or so
+    expect(page.locator("#count-succeeded")).to_have_text("2", timeout=5000)
+    expect(page.locator("#count-running")).to_have_text("0")
+    expect(page.get_by_role("img", name=re.compile("2 runs, 0 failed"))).to_be_visible()
     screenshot(page, "12-runs-dashboard-live")
+
+    # filtered to failed runs: nothing yet, and a new succeeded run does not appear
+    page.get_by_label("Status", exact=True).select_option("failed")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"/executions\?.*status=failed"))
+    expect(page.locator("#executions-body tr.no-runs")).to_be_visible()
+    page.wait_for_timeout(300)
+    third = start()
+    expect(page.locator("#count-succeeded")).to_have_text("3", timeout=15000)
+    expect(page.locator(f"#execution-{third}")).to_have_count(0)

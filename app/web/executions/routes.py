@@ -4,17 +4,27 @@ import json
 
 from flask import render_template, request
 from flask_login import current_user, login_required
+from sqlalchemy import select
 
+from app.db import db
 from app.live import ws
-from app.services import executions
+from app.models import RUN_STATES, Workflow
+from app.services import executions, run_stats
 from app.web.executions import bp
 
 
 @bp.get("/executions")
 @login_required
 def index():
-    rows = ws.latest_rows(current_user.id)
-    return render_template("executions/list.html", rows=rows)
+    filters = run_stats.Filters.parse(request.args, current_user.id)
+    choices = db.session.execute(
+        select(Workflow.id, Workflow.name)
+        .where(Workflow.user_id == current_user.id, Workflow.deleted_at.is_(None))
+        .order_by(Workflow.name).limit(500)).all()
+    return render_template("executions/list.html",
+                           rows=ws.latest_rows(current_user.id, filters=filters),
+                           workflow_choices=choices, statuses=RUN_STATES,
+                           **ws.summary(current_user.id, filters))
 
 
 @bp.get("/executions/<execution_id>")
