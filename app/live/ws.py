@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import redis
@@ -395,11 +395,24 @@ class ExecutionView:
         node = {"key": str(data["node_id"]), "status": str(data.get("status")),
                 "attempt": data.get("attempt") or 1, "error": data.get("error")}
         if node["key"] in self.known:
-            return event.memo("node", lambda: render_template(
+            part = event.memo("node", lambda: render_template(
                 "partials/live/_node.html", execution_id=self.key, node=node, oob="true"))
-        self.known.add(node["key"])  # a split's item: a new element at the end
-        return render_template("partials/live/_node_insert.html", execution_id=self.key,
-                               node=node)
+        else:
+            self.known.add(node["key"])  # a split's item: a new element at the end
+            part = render_template("partials/live/_node_insert.html", execution_id=self.key,
+                                   node=node)
+        return part + (event.memo("timeline", self._timeline) or "")
+
+    def _timeline(self) -> str | None:
+        with _reading():
+            try:
+                execution = executions.get_owned(self.user_id, self.execution_id)
+            except NotFound:
+                return None
+            return render_template("partials/live/_timeline.html", oob=True,
+                                   execution_id=self.key,
+                                   timeline=timeline(execution,
+                                                     executions.node_rows(execution.id)))
 
 
 def planned_nodes(execution: Execution) -> list[str]:
@@ -411,10 +424,39 @@ def planned_nodes(execution: Execution) -> list[str]:
     return [str(node.get("id")) for node in definition.get("nodes", []) if node.get("id")]
 
 
+TIMELINE_LEFT, TIMELINE_WIDTH, TIMELINE_ROW = 150, 430, 22
+
+
+def timeline(execution: Execution, rows: list) -> dict:
+    """One bar per node that started, from its start to its finish (or now), on one scale
+    from the run's start: what the timeline's SVG draws."""
+    started = [r for r in rows if r.started_at is not None]
+    if not started:
+        return {"bars": [], "height": 0, "span": ""}
+    origin = min([execution.started_at or started[0].started_at]
+                 + [r.started_at for r in started])
+    now = datetime.now(origin.tzinfo)
+    ends = [(r, r.finished_at or (execution.finished_at if execution.status in FINAL_STATES
+                                  else None) or now) for r in started]
+    span = max(0.001, max((end - origin).total_seconds() for _r, end in ends))
+    bars = []
+    for index, (row, end) in enumerate(sorted(ends, key=lambda pair: pair[0].started_at)):
+        start_s = (row.started_at - origin).total_seconds()
+        length_s = max(0.0, (end - row.started_at).total_seconds())
+        bars.append({
+            "key": row.node_key, "status": row.status, "y": index * TIMELINE_ROW,
+            "x": TIMELINE_LEFT + TIMELINE_WIDTH * start_s / span,
+            "w": max(2.0, TIMELINE_WIDTH * length_s / span),
+            "label": _duration(row.started_at, end) or "0 ms"})
+    return {"bars": bars, "height": len(bars) * TIMELINE_ROW + 4,
+            "span": _duration(origin, origin + timedelta(seconds=span))}
+
+
 def execution_state(execution: Execution, planned: list[str]) -> dict:
     """Everything the run's page shows: the run, and each node's latest attempt (nodes that
     have not run yet are ``queued``; in a finished run, ``skipped``)."""
-    rows = {row.node_key: row for row in executions.node_rows(execution.id)}
+    latest = executions.node_rows(execution.id)
+    rows = {row.node_key: row for row in latest}
     final = execution.status in FINAL_STATES
     nodes = []
     for key in planned:
@@ -424,6 +466,7 @@ def execution_state(execution: Execution, planned: list[str]) -> dict:
     error = execution.error.get("message") if isinstance(execution.error, dict) else None
     name = db.session.scalar(select(Workflow.name).where(Workflow.id == execution.workflow_id))
     return {"execution": execution, "execution_id": str(execution.id), "nodes": nodes,
+            "timeline": timeline(execution, latest),
             "workflow_name": name, "status": execution.status, "error": error,
             "duration": _duration(execution.started_at, execution.finished_at)}
 

@@ -48,6 +48,8 @@ def test_a_run_turns_succeeded_live(page):
     expect(last).to_have_class(re.compile(r"\bstatus-(queued|running)\b"))
     expect(page.locator(f"#node-{run_id}-pause")).to_have_class(
         re.compile(r"\bstatus-running\b"), timeout=5000)
+    # the timeline has a bar for each node that started, the running one growing
+    expect(page.get_by_role("img", name=re.compile(r"Timeline of 2 nodes"))).to_be_visible()
     screenshot(page, "10-run-live-waiting")
     expect(last).to_have_class(re.compile(r"\bstatus-succeeded\b"), timeout=15000)
     expect(last.locator(".status")).to_have_text("succeeded")
@@ -55,6 +57,8 @@ def test_a_run_turns_succeeded_live(page):
     for key in ("start", "pause"):
         expect(page.locator(f"#node-{run_id}-{key}")).to_have_class(
             re.compile(r"\bstatus-succeeded\b"))
+    expect(page.get_by_role("img", name=re.compile(r"Timeline of 3 nodes over 2\.\d s"))
+           ).to_be_visible()
     screenshot(page, "11-run-live-succeeded")
 
     page.get_by_role("link", name="Runs", exact=True).click()
