@@ -1,6 +1,6 @@
 // The editor canvas: what htmx alone cannot do. Drag a node (the drop is POSTed), click to
 // select, click an output port then a node to connect, and keys: Delete, Ctrl+S, Ctrl+Z,
-// Escape. Every change goes to the server, which answers with the editor re-rendered.
+// Escape, the arrows (move the selected node). Every change goes to the server, which answers with the editor re-rendered.
 (function () {
   "use strict";
 
@@ -196,6 +196,17 @@
         event.preventDefault();
         post("connections/" + root.dataset.selectedEdge + "/delete");
       }
+    } else if (/^Arrow(Left|Right|Up|Down)$/.test(event.key) && root.dataset.selected) {
+      // move the selected node by 20 (or 100 with Shift) without a mouse
+      var selected = root.querySelector('g.node[data-node="' + CSS.escape(root.dataset.selected) + '"]');
+      if (!selected) return;
+      event.preventDefault();
+      var at = selected.transform.baseVal.consolidate().matrix;
+      var step = event.shiftKey ? 100 : 20;
+      var dx = { ArrowLeft: -step, ArrowRight: step }[event.key] || 0;
+      var dy = { ArrowUp: -step, ArrowDown: step }[event.key] || 0;
+      post("nodes/" + encodeURIComponent(root.dataset.selected) + "/move",
+           { x: Math.max(0, at.e + dx), y: Math.max(0, at.f + dy) });
     } else if (event.key === "Enter") {
       var node = event.target.closest && event.target.closest("g.node");
       var edge = event.target.closest && event.target.closest("g.edge");

@@ -65,6 +65,8 @@ def test_build_a_workflow_by_clicking(page):
     expect(node(page, "set_2")).to_have_attribute(
         "transform", re.compile(r"translate\(690,(1[3-9]\d|2[0-2]\d)\)"))
 
+    page.keyboard.press("ArrowRight")  # and with the keyboard: 20 to the right
+    expect(node(page, "set_2")).to_have_attribute("transform", re.compile(r"translate\(710,"))
     page.keyboard.press("Control+s")
     expect(page.locator("#editor").get_by_role("status")).to_have_text("Saved version 2.")
     screenshot(page, "30-editor-built")
