@@ -1,5 +1,6 @@
 """The WSGI entry point: ``gunicorn wsgi:app``."""
 
+import gc
 import sys
 
 from app import create_app
@@ -9,3 +10,9 @@ try:
     app = create_app()
 except ConfigError as exc:
     sys.exit(f"jobsprint: cannot start: {exc}")
+
+# Everything loaded so far (modules, mappers, templates) lives as long as the process: move it
+# out of the collector's sight, so a full collection no longer scans it. Measured on the
+# editor's 100-node page: the worst of 300 renders 110 ms -> 22 ms (p50 unchanged, ~12 ms).
+gc.collect()
+gc.freeze()

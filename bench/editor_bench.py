@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import os
 import secrets
 import subprocess
@@ -95,6 +96,8 @@ def main() -> int:
         flow = workflows.create(user, definition(args.nodes))
         path = f"/workflows/{flow.id}/edit"
     label = f"editor nodes={args.nodes}"
+    gc.collect()
+    gc.freeze()  # as wsgi.py does after loading the app
 
     def renders(what: str) -> None:
         for _ in range(5):
