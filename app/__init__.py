@@ -65,6 +65,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.web import register_blueprints
 
     register_blueprints(app)
+    from app import cli
+
+    cli.init_app(app)
     app.extensions["jobsprint.queue"] = open_queue(
         settings.queue_url, **({"queue_name": settings.queue_name} if settings.queue_url else {}))
     from app.services.http_port import RequestsHttpPort

@@ -82,9 +82,9 @@ class RequestsHttpPort:
                 follow_redirects: bool, max_response_bytes: int, idempotency_key: str,
                 credential_id: str | None, deadline: datetime | None) -> dict[str, Any]:
         if credential_id is not None:
-            # TODO(credentials issue): resolve the credential through the vault and apply it
-            # (header, query or OAuth token); until then a node with one cannot run.
-            raise NodeError("http.request: credentials are not available yet")
+            # A run's port (credentials.HttpWithCredentials) turns the id into headers or
+            # query parameters for the run's owner; this process-wide port never sees one.
+            raise NodeError("http.request: the credential was not resolved for this run")
         where = f"http.request {method} {_safe_url(url)}"
         kwargs: dict[str, Any] = {
             "params": query or None,

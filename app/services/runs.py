@@ -411,7 +411,10 @@ def _keeper() -> LeaseKeeper:
 # --- the queue handler --------------------------------------------------------------------
 
 def _ports(recorder: RunRecorder) -> engine.Ports:
-    return engine.Ports(http=current_app.extensions.get("jobsprint.http_port"),
+    from app.services.credentials import HttpWithCredentials
+
+    port = current_app.extensions.get("jobsprint.http_port")
+    return engine.Ports(http=HttpWithCredentials(port, recorder.user_id) if port else None,
                         is_cancelled=recorder.is_cancelled)
 
 

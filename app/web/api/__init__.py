@@ -4,4 +4,11 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-from app.web.api import auth, executions, guard, webhooks, workflows  # noqa: E402,F401
+from app.web.api import (  # noqa: E402,F401
+    auth,
+    credentials,
+    executions,
+    guard,
+    webhooks,
+    workflows,
+)

@@ -1,0 +1,228 @@
+"""Credentials against the real database of each run mode: the API never shows a secret
+again, the database holds only ciphertext, an http.request node sends each kind to a local
+server, and the vault refuses swapped ciphertexts and unknown KEKs with a clear error;
+``flask jobsprint rotate-keys`` re-wraps every data key."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from sqlalchemy import select, update
+
+from app.config import KeyEncryptionKey
+from app.db import db
+from app.models import Credential, Webhook
+
+SECRET = "sk_live_" + "Z" * 24
+
+
+@pytest.fixture
+def settings_overrides():
+    return {"http_allow": ("127.0.0.1",)}  # the capture server below is on loopback
+
+
+@pytest.fixture
+def capture():
+    """A local server that answers 200 and keeps each request's headers and query."""
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            parts = urlsplit(self.path)
+            seen.append({"path": parts.path, "query": parse_qs(parts.query),
+                         "headers": {k.lower(): v for k, v in self.headers.items()}})
+            body = b'{"ok": true}'
+            self.send_response(401 if parts.path == "/deny" else 200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", seen
+    server.shutdown()
+
+
+class Api:
+    def __init__(self, client, token):
+        self.client, self.headers = client, {"Authorization": f"Bearer {token}"}
+
+    def post(self, path, body=None):
+        return self.client.post("/api/v1" + path, json=body, headers=self.headers)
+
+    def get(self, path):
+        return self.client.get("/api/v1" + path, headers=self.headers)
+
+    def delete(self, path):
+        return self.client.delete("/api/v1" + path, headers=self.headers)
+
+    def credential(self, kind, secret, name=None):
+        answer = self.post("/credentials", {"name": name or kind, "kind": kind,
+                                            "secret": secret})
+        assert answer.status_code == 201, answer.get_json()
+        return answer.get_json()
+
+    def run_http(self, url, credential_id):
+        workflow = self.post("/workflows", {"name": "Call", "nodes": [
+            {"id": "start", "type": "trigger.manual", "params": {}},
+            {"id": "call", "type": "http.request", "credential_id": credential_id,
+             "params": {"url": url, "body_type": "none"}}],
+            "connections": [{"from": "start", "to": "call"}]})
+        assert workflow.status_code == 201, workflow.get_json()
+        started = self.post(f"/workflows/{workflow.get_json()['id']}/run", {"input": {}})
+        run_id = started.get_json()["execution_id"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            run = self.get(f"/executions/{run_id}").get_json()
+            if run["status"] in ("succeeded", "failed"):
+                return run
+            time.sleep(0.05)
+        raise AssertionError("the run did not finish")
+
+
+@pytest.fixture
+def api(client, auth):
+    return Api(client, auth.register_api()["token"])
+
+
+def test_create_list_get_delete_and_never_show_the_secret(api, caplog):
+    caplog.set_level(logging.DEBUG)
+    created = api.credential("api_key", {"key": SECRET, "in": "header", "name": "X-Key"})
+    assert created["meta"] == {"in": "header", "name": "X-Key"}
+    listed = api.get("/credentials")
+    one = api.get(f"/credentials/{created['id']}")
+    for answer in (listed, one):
+        assert answer.status_code == 200 and SECRET not in answer.get_data(as_text=True)
+    assert [c["id"] for c in listed.get_json()["items"]] == [created["id"]]
+    row = db.session.scalars(select(Credential)).one()
+    db.session.commit()
+    assert SECRET.encode() not in row.secret_ct and SECRET not in json.dumps(row.meta)
+    assert SECRET not in caplog.text
+    assert api.delete(f"/credentials/{created['id']}").status_code == 204
+    assert api.get(f"/credentials/{created['id']}").status_code == 404
+
+
+def test_bad_credentials_say_what_and_where(api):
+    answer = api.post("/credentials", {"name": "", "kind": "ssh", "secret": []})
+    assert answer.status_code == 400
+    paths = {d["path"] for d in answer.get_json()["error"]["details"]}
+    assert paths == {"name", "kind", "secret"}
+    answer = api.post("/credentials", {"name": "x", "kind": "basic",
+                                       "secret": {"username": "a:b"}})
+    paths = {d["path"] for d in answer.get_json()["error"]["details"]}
+    assert paths == {"secret.username", "secret.password"}
+    answer = api.post("/credentials", {"name": "x", "kind": "api_key",
+                                       "secret": {"key": "k", "name": "bad name\n"}})
+    assert {d["path"] for d in answer.get_json()["error"]["details"]} == {"secret.name"}
+
+
+def test_another_users_credential_is_not_found_nor_usable(api, client, auth, capture):
+    url, seen = capture
+    mine = api.credential("bearer", {"token": SECRET})
+    other = Api(client, auth.register_api()["token"])
+    assert other.get(f"/credentials/{mine['id']}").status_code == 404
+    assert other.delete(f"/credentials/{mine['id']}").status_code == 404
+    # a workflow naming someone else's credential is refused when saved
+    answer = other.post("/workflows", {"name": "Steal", "nodes": [
+        {"id": "start", "type": "trigger.manual"},
+        {"id": "call", "type": "http.request", "credential_id": mine["id"],
+         "params": {"url": url}}], "connections": [{"from": "start", "to": "call"}]})
+    assert answer.status_code == 400
+    assert seen == []
+
+
+@pytest.mark.parametrize(("kind", "secret", "expect"), [
+    ("api_key", {"key": SECRET, "in": "header", "name": "X-Api-Key"},
+     lambda r: r["headers"]["x-api-key"] == SECRET),
+    ("api_key", {"key": SECRET, "in": "query", "name": "token"},
+     lambda r: r["query"]["token"] == [SECRET]),
+    ("bearer", {"token": SECRET}, lambda r: r["headers"]["authorization"] == f"Bearer {SECRET}"),
+    ("basic", {"username": "ann", "password": SECRET},
+     lambda r: r["headers"]["authorization"]
+     == "Basic " + base64.b64encode(f"ann:{SECRET}".encode()).decode()),
+])
+def test_the_http_node_sends_each_kind(api, capture, kind, secret, expect):
+    url, seen = capture
+    created = api.credential(kind, secret)
+    run = api.run_http(url + "/hello", created["id"])
+    assert run["status"] == "succeeded", run
+    assert len(seen) == 1 and expect(seen[0])
+    assert SECRET not in json.dumps(run)  # neither in the run's result nor its nodes
+    assert api.get(f"/credentials/{created['id']}").get_json()["last_used_at"]
+
+
+def test_test_endpoint_reports_whether_the_service_accepts_it(api, capture):
+    url, seen = capture
+    created = api.credential("bearer", {"token": SECRET})
+    ok = api.post(f"/credentials/{created['id']}/test", {"url": url + "/me"}).get_json()
+    assert ok == {"ok": True, "status": 200}
+    denied = api.post(f"/credentials/{created['id']}/test", {"url": url + "/deny"}).get_json()
+    assert denied == {"ok": False, "status": 401}
+    assert seen[0]["headers"]["authorization"] == f"Bearer {SECRET}"
+    assert api.post(f"/credentials/{created['id']}/test", {"url": "ftp://x"}).status_code == 400
+
+
+def test_a_ciphertext_moved_to_another_row_does_not_open(api, capture):
+    url, seen = capture
+    first = api.credential("bearer", {"token": SECRET}, name="first")
+    second = api.credential("bearer", {"token": "other-token-value"}, name="second")
+    donor = db.session.get(Credential, uuid.UUID(first["id"]))
+    db.session.execute(update(Credential).where(Credential.id == uuid.UUID(second["id"]))
+                       .values(secret_ct=donor.secret_ct, wrapped_key=donor.wrapped_key))
+    db.session.commit()
+    run = api.run_http(url, second["id"])
+    assert run["status"] == "failed"
+    message = run["error"]["message"]
+    assert "credential 'second' cannot be decrypted" in message and SECRET not in message
+    assert seen == []  # nothing was sent
+
+
+def test_an_unknown_kek_is_a_clear_error(app, api, capture):
+    url, _seen = capture
+    created = api.credential("bearer", {"token": SECRET})
+    other = KeyEncryptionKey("other", secrets.token_bytes(32))
+    app.config["SETTINGS"] = replace(app.config["SETTINGS"], keks=(other,))
+    app.extensions.pop("jobsprint.vault", None)
+    run = api.run_http(url, created["id"])
+    assert run["status"] == "failed"
+    assert "is not configured" in run["error"]["message"]
+
+
+def test_rotate_keys_rewraps_every_data_key_and_they_still_open(app, api, capture, runner):
+    url, seen = capture
+    created = api.credential("basic", {"username": "ann", "password": SECRET})
+    workflow = api.post("/workflows", {"name": "Hook", "nodes": [
+        {"id": "hook", "type": "trigger.webhook"}], "connections": []}).get_json()
+    secret_before = api.get(f"/workflows/{workflow['id']}/webhook").get_json()["secret"]
+    old = app.config["SETTINGS"].keks[0]
+    new = KeyEncryptionKey("new", secrets.token_bytes(32))
+    app.config["SETTINGS"] = replace(app.config["SETTINGS"], keks=(new, old))
+    app.extensions.pop("jobsprint.vault", None)
+    result = runner.invoke(args=["jobsprint", "rotate-keys"])
+    assert result.exit_code == 0, result.output
+    assert "credentials: 1 re-wrapped" in result.output
+    assert "webhooks: 1 re-wrapped" in result.output
+    assert {r.kek_id for r in db.session.scalars(select(Credential))} == {"new"}
+    assert {r.kek_id for r in db.session.scalars(select(Webhook))} == {"new"}
+    db.session.commit()
+    again = runner.invoke(args=["jobsprint", "rotate-keys"])
+    assert "credentials: 0 re-wrapped" in again.output  # idempotent
+    app.config["SETTINGS"] = replace(app.config["SETTINGS"], keks=(new,))  # old key retired
+    app.extensions.pop("jobsprint.vault", None)
+    run = api.run_http(url, created["id"])
+    assert run["status"] == "succeeded", run
+    assert api.get(f"/workflows/{workflow['id']}/webhook").get_json()["secret"] == secret_before
