@@ -226,3 +226,27 @@ def test_rotate_keys_rewraps_every_data_key_and_they_still_open(app, api, captur
     run = api.run_http(url, created["id"])
     assert run["status"] == "succeeded", run
     assert api.get(f"/workflows/{workflow['id']}/webhook").get_json()["secret"] == secret_before
+
+
+def test_the_page_adds_lists_and_deletes_without_echoing_secrets(client, auth):
+    auth.register()
+    token = auth.csrf_token("/settings")
+    bad = client.post("/settings/credentials", data={
+        "csrf_token": token, "name": "Stripe", "kind": "api_key", "key": "",
+        "in": "header", "param_name": "X Bad"})
+    assert bad.status_code == 400
+    html = bad.get_data(as_text=True)
+    assert "<code>secret.key</code>: is required" in html and 'value="Stripe"' in html
+    saved = client.post("/settings/credentials", data={
+        "csrf_token": token, "name": "Stripe <live>", "kind": "api_key", "key": SECRET,
+        "in": "query", "param_name": "api_key"}, follow_redirects=True)
+    html = saved.get_data(as_text=True)
+    assert saved.status_code == 200 and "Its secret will not be shown again." in html
+    assert "Stripe &lt;live&gt;" in html and SECRET not in html
+    assert "query <code>api_key</code>" in html
+    row_id = db.session.scalars(select(Credential.id)).one()
+    db.session.commit()
+    gone = client.post(f"/settings/credentials/{row_id}/delete",
+                       data={"csrf_token": token}, headers={"HX-Request": "true"})
+    assert gone.headers["HX-Redirect"] == "/settings/credentials"
+    assert "No credentials yet." in client.get("/settings/credentials").get_data(as_text=True)
