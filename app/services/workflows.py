@@ -202,8 +202,9 @@ def export(workflow: Workflow) -> dict:
 IMPORT_MAX_BYTES = 2 * 1024 * 1024
 
 
-def import_json(user: User, raw: bytes) -> Workflow:
-    """Create a workflow from an exported JSON document (a 400 says what and where)."""
+def import_json(user: User, raw: bytes) -> tuple[Workflow, list[dict]]:
+    """Create a workflow from an exported JSON document, Jobsprint's or n8n's (a 400 says
+    what and where). Returns it with what an n8n import could not carry over."""
     if len(raw) > IMPORT_MAX_BYTES:
         raise ValidationFailed("the file is too large",
                                [Problem("file", f"must be at most {IMPORT_MAX_BYTES} bytes")])
@@ -217,7 +218,12 @@ def import_json(user: User, raw: bytes) -> Workflow:
     except json.JSONDecodeError as exc:
         raise ValidationFailed("the file is not valid JSON", [Problem(
             "file", f"{exc.msg} at line {exc.lineno} column {exc.colno}")]) from None
-    return create(user, data)
+    from app.services import n8n_interop
+
+    if n8n_interop.looks_like_n8n(data):
+        definition, report = n8n_interop.from_n8n(data)
+        return create(user, definition), report.items
+    return create(user, data), []
 
 
 def trigger_kind(workflow: Workflow) -> str | None:

@@ -195,3 +195,21 @@ def test_another_users_workflow_is_not_found(client, auth, user):
     assert names(page(client)) == []
     assert db.session.get(Workflow, theirs.id).deleted_at is None
     db.session.commit()
+
+
+def test_an_n8n_file_imports_with_its_report_and_exports_back(client, user, token):
+    from tests.unit.services.test_n8n_interop import N8N
+
+    answer = client.post("/workflows/import", content_type="multipart/form-data", data={
+        "csrf_token": token, "file": (io.BytesIO(json.dumps(N8N).encode()), "n8n.json")},
+        follow_redirects=True)
+    html = answer.get_data(as_text=True)
+    assert "Imported “Orders from n8n” (9 nodes)." in html
+    assert "Sheets: node type &#39;n8n-nodes-base.googleSheets&#39; is not supported" in html
+    imported = db.session.scalar(select(Workflow).where(Workflow.name == "Orders from n8n"))
+    db.session.commit()
+    exported = client.get(f"/workflows/{imported.id}/export?format=n8n")
+    assert exported.headers["Content-Disposition"].endswith('.n8n.json"')
+    document = exported.get_json()
+    assert {n["name"] for n in document["nodes"]} >= {"Edit Fields", "Big?", "Route"}
+    assert document["connections"]["Big?"]["main"][1][0]["node"] == "Pause"

@@ -61,11 +61,13 @@ def import_file():
     if upload is None or not upload.filename:
         return _list(400, [ServiceError("choose a JSON file to import")])
     try:
-        workflow = workflows.import_json(current_user,
-                                         upload.read(workflows.IMPORT_MAX_BYTES + 1))
+        workflow, report = workflows.import_json(current_user,
+                                                 upload.read(workflows.IMPORT_MAX_BYTES + 1))
     except ServiceError as exc:
         return _list(exc.status, [exc, *exc.details])
     flash(f"Imported “{workflow.name}” ({len(workflow.definition['nodes'])} nodes).")
+    for item in report:  # what an n8n import could not carry over, node by node
+        flash(f"{item['node']}: {item['message']}" if item["node"] else item["message"])
     return redirect(url_for("workflows.index"))
 
 
@@ -73,10 +75,16 @@ def import_file():
 @login_required
 def export(workflow_id: str):
     workflow = workflows.get_owned(current_user.id, workflow_id)
-    body = json.dumps(workflows.export(workflow), indent=2, ensure_ascii=False)
+    document = workflows.export(workflow)
+    suffix = ""
+    if request.args.get("format") == "n8n":
+        from app.services import n8n_interop
+
+        document, suffix = n8n_interop.to_n8n(document), ".n8n"
+    body = json.dumps(document, indent=2, ensure_ascii=False)
     filename = "".join(c if c.isalnum() or c in "-_" else "-" for c in workflow.name)[:60]
     return Response(body, mimetype="application/json", headers={
-        "Content-Disposition": f'attachment; filename="{filename or "workflow"}.json"'})
+        "Content-Disposition": f'attachment; filename="{filename or "workflow"}{suffix}.json"'})
 
 
 @bp.post("/workflows/<workflow_id>/duplicate")
