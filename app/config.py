@@ -68,6 +68,8 @@ class Settings:
     allow_unsigned_webhooks: bool = False
     webhook_body_limit: int = 1_048_576
     webhook_rotation_grace_s: int = 86400
+    n8n_api_url: str | None = None
+    n8n_api_key: str | None = field(default=None, repr=False)
     testing: bool = False
 
     @property
@@ -76,7 +78,7 @@ class Settings:
 
     def describe(self) -> list[tuple[str, str]]:
         """Every setting with its value, secrets masked (for check-config and start-up logs)."""
-        masked = {"secret_key", "keks"}
+        masked = {"secret_key", "keks", "n8n_api_key"}
         rows = []
         for f in fields(self):
             value = getattr(self, f.name)
@@ -244,6 +246,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         webhook_rotation_grace_s=parse_int(
             "JOBSPRINT_WEBHOOK_ROTATION_GRACE_S",
             env.get("JOBSPRINT_WEBHOOK_ROTATION_GRACE_S", "86400")),
+        n8n_api_url=(env.get("N8N_API_URL") or "").rstrip("/") or None,
+        n8n_api_key=env.get("N8N_API_KEY") or None,
     )
     settings = replace(settings, **overrides) if overrides else settings
     if not settings.keks:

@@ -78,3 +78,10 @@ class RateLimited(ServiceError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class UpstreamFailed(ServiceError):
+    """A service we must keep in step refused or failed (e.g. n8n); nothing was saved."""
+
+    status = 502
+    code = "upstream_failed"

@@ -110,6 +110,17 @@ def _keep_version(workflow: Workflow, user_id: uuid.UUID) -> None:
                                    created_by=user_id))
 
 
+def _push_to_n8n(workflow: Workflow) -> None:
+    """The n8n copy, inside this save's transaction: n8n refusing rolls the save back."""
+    from app.services import n8n_sync
+
+    try:
+        n8n_sync.push(workflow)
+    except Exception:
+        db.session.rollback()
+        raise
+
+
 def create(user: User, data: Any) -> Workflow:
     name, definition = _checked_definition(user.id, data)
     workflow = Workflow(id=uuid.uuid4(), user_id=user.id, name=name, definition=definition,
@@ -118,6 +129,7 @@ def create(user: User, data: Any) -> Workflow:
     db.session.flush()
     _keep_version(workflow, user.id)
     triggers.sync(workflow)
+    _push_to_n8n(workflow)
     audit.record("workflow.create", user_id=user.id, target_type="workflow",
                  target_id=workflow.id, version=1)
     db.session.commit()
@@ -139,6 +151,7 @@ def update(user: User, workflow_id: uuid.UUID | str, data: Any) -> Workflow:
     db.session.flush()
     _keep_version(workflow, user.id)
     triggers.sync(workflow)
+    _push_to_n8n(workflow)
     audit.record("workflow.update", user_id=user.id, target_type="workflow",
                  target_id=workflow.id, version=workflow.version)
     db.session.commit()

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
          405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
          422: "unprocessable", 429: "rate_limited", 500: "internal_error",
-         503: "service_unavailable"}
+         502: "upstream_failed", 503: "service_unavailable"}
 MESSAGES = {
     400: "The request could not be understood.",
     401: "You need to sign in.",
