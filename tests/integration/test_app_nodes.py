@@ -1,0 +1,151 @@
+"""The GitHub, Slack and Google Sheets nodes, run by the real pipeline of each mode against a
+local server that answers as those APIs do (their base URL pointed at it): the request each
+sends, with the credential; the output; an API refusal failing the node with its message."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+TOKEN = "ghp_" + "T" * 30
+
+
+@pytest.fixture
+def settings_overrides():
+    return {"http_allow": ("127.0.0.1",)}
+
+
+@pytest.fixture
+def apis():
+    """One local server for the three APIs; ``answers`` maps a path to (status, body)."""
+    seen: list[dict] = []
+    answers: dict[str, tuple[int, dict]] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            seen.append({"path": parts.path, "query": parse_qs(parts.query),
+                         "headers": {k.lower(): v for k, v in self.headers.items()},
+                         "body": json.loads(self.rfile.read(length) or b"null")})
+            status, body = answers.get(parts.path, (404, {"message": "Not Found"}))
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", seen, answers
+    server.shutdown()
+
+
+@pytest.fixture
+def api(client, auth):
+    token = auth.register_api()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+
+    class Api:
+        def post(self, path, body=None):
+            return client.post("/api/v1" + path, json=body, headers=headers)
+
+        def get(self, path):
+            return client.get("/api/v1" + path, headers=headers)
+
+        def run(self, node):
+            credential = self.post("/credentials", {"name": "token", "kind": "bearer",
+                                                    "secret": {"token": TOKEN}}).get_json()
+            workflow = self.post("/workflows", {"name": "App", "nodes": [
+                {"id": "start", "type": "trigger.manual"},
+                {**node, "id": "app", "credential_id": credential["id"]}],
+                "connections": [{"from": "start", "to": "app"}]})
+            assert workflow.status_code == 201, workflow.get_json()
+            started = self.post(f"/workflows/{workflow.get_json()['id']}/run",
+                                {"input": {"who": "Ann", "n": 3}})
+            run_id = started.get_json()["execution_id"]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                run = self.get(f"/executions/{run_id}").get_json()
+                if run["status"] in ("succeeded", "failed"):
+                    return run
+                time.sleep(0.05)
+            raise AssertionError("the run did not finish")
+    return Api()
+
+
+def test_github_create_issue(api, apis):
+    base, seen, answers = apis
+    answers["/repos/acme/web%20site/issues"] = (201, {
+        "number": 42, "id": 7, "html_url": "https://github.com/acme/web-site/issues/42"})
+    run = api.run({"type": "integration.github.create_issue", "params": {
+        "base_url": base, "owner": "acme", "repo": "web site",
+        "title": "Order from {{ input.who }}", "labels": ["orders"]}})
+    assert run["status"] == "succeeded", run
+    assert run["result"] == {"number": 42, "id": 7,
+                             "url": "https://github.com/acme/web-site/issues/42"}
+    sent = seen[-1]
+    assert sent["body"] == {"title": "Order from Ann", "body": "", "labels": ["orders"]}
+    assert sent["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert sent["headers"]["accept"] == "application/vnd.github+json"
+    assert sent["headers"]["idempotency-key"].endswith(":app:1")
+
+
+def test_github_refusal_fails_the_node_with_its_message(api, apis):
+    base, _seen, answers = apis
+    answers["/repos/acme/site/issues"] = (422, {"message": "Validation Failed"})
+    run = api.run({"type": "integration.github.create_issue", "params": {
+        "base_url": base, "owner": "acme", "repo": "site", "title": "x"}})
+    assert run["status"] == "failed"
+    assert run["error"]["message"].endswith(
+        "GitHub: create issue: the API answered 422: Validation Failed")
+
+
+def test_slack_post_message_and_its_ok_false(api, apis):
+    base, seen, answers = apis
+    answers["/api/chat.postMessage"] = (200, {"ok": True, "channel": "C1", "ts": "1.2"})
+    run = api.run({"type": "integration.slack.post_message", "params": {
+        "base_url": base, "channel": "#orders", "text": "{{ input.n }} new orders"}})
+    assert run["status"] == "succeeded", run
+    assert run["result"] == {"channel": "C1", "ts": "1.2"}
+    assert seen[-1]["body"] == {"channel": "#orders", "text": "3 new orders"}
+    answers["/api/chat.postMessage"] = (200, {"ok": False, "error": "channel_not_found"})
+    run = api.run({"type": "integration.slack.post_message", "params": {
+        "base_url": base, "channel": "#nope", "text": "hi"}})
+    assert run["status"] == "failed"
+    assert "answered 200: channel_not_found" in run["error"]["message"]
+
+
+def test_google_sheets_append_row(api, apis):
+    base, seen, answers = apis
+    answers["/v4/spreadsheets/sheet-1/values/Orders!A1:append"] = (200, {
+        "updates": {"updatedRange": "Orders!A5:B5", "updatedRows": 1}})
+    run = api.run({"type": "integration.google_sheets.append_row", "params": {
+        "base_url": base, "spreadsheet_id": "sheet-1", "range": "Orders!A1",
+        "values": ["{{ input.who }}", "{{ input.n }}"]}})
+    assert run["status"] == "succeeded", run
+    assert run["result"] == {"updated_range": "Orders!A5:B5", "updated_rows": 1}
+    sent = seen[-1]
+    assert sent["body"] == {"values": [["Ann", 3]]}  # a lone expression keeps its type
+    assert sent["query"] == {"valueInputOption": ["USER_ENTERED"],
+                             "insertDataOption": ["INSERT_ROWS"]}
+
+
+def test_the_apps_are_in_the_palette_and_refuse_a_bad_base_url(api):
+    answer = api.post("/workflows", {"name": "Bad", "nodes": [
+        {"id": "start", "type": "trigger.manual"},
+        {"id": "app", "type": "integration.slack.post_message",
+         "params": {"base_url": "file:///etc", "channel": "c", "text": "t"}}],
+        "connections": [{"from": "start", "to": "app"}]})
+    assert answer.status_code == 400
+    assert [d["path"] for d in answer.get_json()["error"]["details"]] == [
+        "nodes[1].params.base_url"]
