@@ -4,13 +4,11 @@ sends, with the credential; the output; an API refusal failing the node with its
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from tests.integration.local_http import LocalService
 
 TOKEN = "ghp_" + "T" * 30
 
@@ -23,31 +21,11 @@ def settings_overrides():
 @pytest.fixture
 def apis():
     """One local server for the three APIs; ``answers`` maps a path to (status, body)."""
-    seen: list[dict] = []
     answers: dict[str, tuple[int, dict]] = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - the stdlib's name
-            parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            seen.append({"path": parts.path, "query": parse_qs(parts.query),
-                         "headers": {k.lower(): v for k, v in self.headers.items()},
-                         "body": json.loads(self.rfile.read(length) or b"null")})
-            status, body = answers.get(parts.path, (404, {"message": "Not Found"}))
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *_args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", seen, answers
-    server.shutdown()
+    service = LocalService(lambda seen: answers.get(
+        seen.path, (404, {"message": "Not Found"}))).start()
+    yield service.url, service.seen, answers
+    service.stop()
 
 
 @pytest.fixture
@@ -94,10 +72,10 @@ def test_github_create_issue(api, apis):
     assert run["result"] == {"number": 42, "id": 7,
                              "url": "https://github.com/acme/web-site/issues/42"}
     sent = seen[-1]
-    assert sent["body"] == {"title": "Order from Ann", "body": "", "labels": ["orders"]}
-    assert sent["headers"]["authorization"] == f"Bearer {TOKEN}"
-    assert sent["headers"]["accept"] == "application/vnd.github+json"
-    assert sent["headers"]["idempotency-key"].endswith(":app:1")
+    assert sent.body == {"title": "Order from Ann", "body": "", "labels": ["orders"]}
+    assert sent.headers["authorization"] == f"Bearer {TOKEN}"
+    assert sent.headers["accept"] == "application/vnd.github+json"
+    assert sent.headers["idempotency-key"].endswith(":app:1")
 
 
 def test_github_refusal_fails_the_node_with_its_message(api, apis):
@@ -117,7 +95,7 @@ def test_slack_post_message_and_its_ok_false(api, apis):
         "base_url": base, "channel": "#orders", "text": "{{ input.n }} new orders"}})
     assert run["status"] == "succeeded", run
     assert run["result"] == {"channel": "C1", "ts": "1.2"}
-    assert seen[-1]["body"] == {"channel": "#orders", "text": "3 new orders"}
+    assert seen[-1].body == {"channel": "#orders", "text": "3 new orders"}
     answers["/api/chat.postMessage"] = (200, {"ok": False, "error": "channel_not_found"})
     run = api.run({"type": "integration.slack.post_message", "params": {
         "base_url": base, "channel": "#nope", "text": "hi"}})
@@ -135,8 +113,8 @@ def test_google_sheets_append_row(api, apis):
     assert run["status"] == "succeeded", run
     assert run["result"] == {"updated_range": "Orders!A5:B5", "updated_rows": 1}
     sent = seen[-1]
-    assert sent["body"] == {"values": [["Ann", 3]]}  # a lone expression keeps its type
-    assert sent["query"] == {"valueInputOption": ["USER_ENTERED"],
+    assert sent.body == {"values": [["Ann", 3]]}  # a lone expression keeps its type
+    assert sent.query == {"valueInputOption": ["USER_ENTERED"],
                              "insertDataOption": ["INSERT_ROWS"]}
 
 

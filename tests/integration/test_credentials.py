@@ -9,12 +9,9 @@ import base64
 import json
 import logging
 import secrets
-import threading
 import time
 import uuid
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import select, update
@@ -22,6 +19,7 @@ from sqlalchemy import select, update
 from app.config import KeyEncryptionKey
 from app.db import db
 from app.models import Credential, Webhook
+from tests.integration.local_http import LocalService
 
 SECRET = "sk_live_" + "Z" * 24
 
@@ -33,28 +31,11 @@ def settings_overrides():
 
 @pytest.fixture
 def capture():
-    """A local server that answers 200 and keeps each request's headers and query."""
-    seen: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the stdlib's name
-            parts = urlsplit(self.path)
-            seen.append({"path": parts.path, "query": parse_qs(parts.query),
-                         "headers": {k.lower(): v for k, v in self.headers.items()}})
-            body = b'{"ok": true}'
-            self.send_response(401 if parts.path == "/deny" else 200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", seen
-    server.shutdown()
+    """A local server that answers 200 (401 on /deny) and keeps each request."""
+    service = LocalService(lambda seen: (401, {"ok": False}) if seen.path == "/deny"
+                           else (200, {"ok": True})).start()
+    yield service.url, service.seen
+    service.stop()
 
 
 class Api:
@@ -147,12 +128,12 @@ def test_another_users_credential_is_not_found_nor_usable(api, client, auth, cap
 
 @pytest.mark.parametrize(("kind", "secret", "expect"), [
     ("api_key", {"key": SECRET, "in": "header", "name": "X-Api-Key"},
-     lambda r: r["headers"]["x-api-key"] == SECRET),
+     lambda r: r.headers["x-api-key"] == SECRET),
     ("api_key", {"key": SECRET, "in": "query", "name": "token"},
-     lambda r: r["query"]["token"] == [SECRET]),
-    ("bearer", {"token": SECRET}, lambda r: r["headers"]["authorization"] == f"Bearer {SECRET}"),
+     lambda r: r.query["token"] == [SECRET]),
+    ("bearer", {"token": SECRET}, lambda r: r.headers["authorization"] == f"Bearer {SECRET}"),
     ("basic", {"username": "ann", "password": SECRET},
-     lambda r: r["headers"]["authorization"]
+     lambda r: r.headers["authorization"]
      == "Basic " + base64.b64encode(f"ann:{SECRET}".encode()).decode()),
 ])
 def test_the_http_node_sends_each_kind(api, capture, kind, secret, expect):
@@ -172,7 +153,7 @@ def test_test_endpoint_reports_whether_the_service_accepts_it(api, capture):
     assert ok == {"ok": True, "status": 200}
     denied = api.post(f"/credentials/{created['id']}/test", {"url": url + "/deny"}).get_json()
     assert denied == {"ok": False, "status": 401}
-    assert seen[0]["headers"]["authorization"] == f"Bearer {SECRET}"
+    assert seen[0].headers["authorization"] == f"Bearer {SECRET}"
     assert api.post(f"/credentials/{created['id']}/test", {"url": "ftp://x"}).status_code == 400
 
 

@@ -4,65 +4,41 @@ down rolls the Jobsprint save back with n8n's message."""
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlalchemy import func, select
 
 from app.db import db
 from app.models import Workflow
+from tests.integration.local_http import LocalService
 
 API_KEY = "n8n_api_" + "k" * 24
 
 
-class FakeN8n:
+class FakeN8n(LocalService):
     """POST/PUT /api/v1/workflows as n8n answers them; ``refuse`` makes it answer 400."""
 
     def __init__(self) -> None:
-        self.requests: list[dict] = []
+        super().__init__(self._answer)
         self.refuse: str | None = None
-        fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _handle(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append({"method": self.command, "path": self.path,
-                                      "key": self.headers.get("X-N8N-API-KEY"), "body": body})
-                if self.headers.get("X-N8N-API-KEY") != API_KEY:
-                    return self._answer(401, {"message": "unauthorized"})
-                if fake.refuse:
-                    return self._answer(400, {"message": fake.refuse})
-                workflow_id = self.path.rsplit("/", 1)[1] if self.command == "PUT" else "n8nWf1"
-                return self._answer(200, {"id": workflow_id, **body, "active": False})
-
-            do_POST = do_PUT = _handle  # noqa: N815 - the stdlib's names
-
-            def log_message(self, *_args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+    def _answer(self, seen):
+        if seen.headers.get("x-n8n-api-key") != API_KEY:
+            return 401, {"message": "unauthorized"}
+        if self.refuse:
+            return 400, {"message": self.refuse}
+        workflow_id = seen.path.rsplit("/", 1)[1] if seen.method == "PUT" else "n8nWf1"
+        return 200, {"id": workflow_id, **seen.body, "active": False}
 
 
-FAKE = FakeN8n()
+FAKE = FakeN8n().start()
 
 
 @pytest.fixture
 def n8n():
-    FAKE.requests.clear()
+    FAKE.seen.clear()
     FAKE.refuse = None
     return FAKE
 
@@ -102,20 +78,20 @@ def count() -> int:
 def test_create_and_update_keep_a_copy_in_n8n(api, n8n):
     created = api.post("/workflows", DEFINITION)
     assert created.status_code == 201, created.get_json()
-    first = n8n.requests[-1]
-    assert (first["method"], first["path"], first["key"]) == ("POST", "/api/v1/workflows",
-                                                              API_KEY)
-    assert set(first["body"]) == {"name", "nodes", "connections", "settings"}
-    assert first["body"]["connections"]["start"]["main"][0][0]["node"] == "calc"
-    assert any(n["parameters"].get("assignments") for n in first["body"]["nodes"])
+    first = n8n.seen[-1]
+    assert (first.method, first.path, first.headers["x-n8n-api-key"]) == (
+        "POST", "/api/v1/workflows", API_KEY)
+    assert set(first.body) == {"name", "nodes", "connections", "settings"}
+    assert first.body["connections"]["start"]["main"][0][0]["node"] == "calc"
+    assert any(n["parameters"].get("assignments") for n in first.body["nodes"])
     workflow_id = created.get_json()["id"]
     assert db.session.get(Workflow, uuid.UUID(workflow_id)).n8n_id == "n8nWf1"
     db.session.commit()
     updated = api.put(f"/workflows/{workflow_id}", {**DEFINITION, "name": "Synced 2"})
     assert updated.status_code == 200
-    assert (n8n.requests[-1]["method"], n8n.requests[-1]["path"]) == (
+    assert (n8n.seen[-1].method, n8n.seen[-1].path) == (
         "PUT", "/api/v1/workflows/n8nWf1")
-    assert n8n.requests[-1]["body"]["name"] == "Synced 2"
+    assert n8n.seen[-1].body["name"] == "Synced 2"
 
 
 def test_n8n_refusing_rolls_the_save_back_with_its_message(api, n8n):
@@ -154,4 +130,4 @@ def test_n8n_down_rolls_the_save_back(app, api):
 @pytest.mark.parametrize("settings_overrides", [{}])
 def test_without_the_settings_nothing_is_pushed(api, n8n):
     assert api.post("/workflows", DEFINITION).status_code == 201
-    assert n8n.requests == []
+    assert n8n.seen == []
