@@ -31,6 +31,71 @@ class KeyEncryptionKey:
 
 
 @dataclass(frozen=True)
+class OAuthProvider:
+    """One OAuth2 provider a user can connect (enabled by its client id and secret)."""
+
+    name: str
+    label: str
+    authorize_url: str
+    token_url: str
+    userinfo_url: str  # the connection test: GET with the new access token
+    revoke_url: str | None
+    scopes: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    pkce: bool = True
+    account_keys: tuple[str, ...] = ("login", "email", "user", "name", "sub", "id")
+    extra_authorize_params: tuple[tuple[str, str], ...] = ()
+
+
+OAUTH_BUILTINS: dict[str, dict] = {
+    "github": {"label": "GitHub", "authorize_url": "https://github.com/login/oauth/authorize",
+               "token_url": "https://github.com/login/oauth/access_token",
+               "userinfo_url": "https://api.github.com/user", "revoke_url": None,
+               "scopes": "repo"},
+    "google": {"label": "Google",
+               "authorize_url": "https://accounts.google.com/o/oauth2/v2/auth",
+               "token_url": "https://oauth2.googleapis.com/token",
+               "userinfo_url": "https://openidconnect.googleapis.com/v1/userinfo",
+               "revoke_url": "https://oauth2.googleapis.com/revoke",
+               "scopes": "openid email https://www.googleapis.com/auth/spreadsheets",
+               "extra_authorize_params": (("access_type", "offline"), ("prompt", "consent"))},
+    "slack": {"label": "Slack", "authorize_url": "https://slack.com/oauth/v2/authorize",
+              "token_url": "https://slack.com/api/oauth.v2.access",
+              "userinfo_url": "https://slack.com/api/auth.test",
+              "revoke_url": "https://slack.com/api/auth.revoke", "scopes": "chat:write"},
+    "generic": {"label": "OAuth2 app", "authorize_url": "", "token_url": "",
+                "userinfo_url": "", "revoke_url": None, "scopes": ""},
+}
+
+
+def parse_oauth_providers(env: Mapping[str, str]) -> tuple[OAuthProvider, ...]:
+    """Each provider whose ``JOBSPRINT_OAUTH_<NAME>_CLIENT_ID`` and ``…_CLIENT_SECRET`` are
+    set; ``…_AUTHORIZE_URL``, ``…_TOKEN_URL``, ``…_USERINFO_URL``, ``…_REVOKE_URL``,
+    ``…_SCOPES`` and ``…_LABEL`` override the built-in values (and are required for
+    ``generic``)."""
+    found = []
+    for name, builtin in OAUTH_BUILTINS.items():
+        prefix = f"JOBSPRINT_OAUTH_{name.upper()}_"
+        client_id, secret = env.get(prefix + "CLIENT_ID"), env.get(prefix + "CLIENT_SECRET")
+        if not client_id or not secret:
+            continue
+        values = dict(builtin)
+        for key in ("authorize_url", "token_url", "userinfo_url", "revoke_url", "scopes",
+                    "label"):
+            if env.get(prefix + key.upper()):
+                values[key] = env[prefix + key.upper()]
+        missing = [key for key in ("authorize_url", "token_url", "userinfo_url")
+                   if not values[key]]
+        if missing:
+            raise ConfigError(f"{prefix}{missing[0].upper()}: required for the {name} "
+                              "provider")
+        found.append(OAuthProvider(name=name, client_id=client_id, client_secret=secret,
+                                   **values))
+    return tuple(found)
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str
     redis_url: str | None
@@ -69,6 +134,7 @@ class Settings:
     webhook_body_limit: int = 1_048_576
     webhook_rotation_grace_s: int = 86400
     n8n_api_url: str | None = None
+    oauth_providers: tuple[OAuthProvider, ...] = ()
     n8n_api_key: str | None = field(default=None, repr=False)
     testing: bool = False
 
@@ -247,6 +313,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
             "JOBSPRINT_WEBHOOK_ROTATION_GRACE_S",
             env.get("JOBSPRINT_WEBHOOK_ROTATION_GRACE_S", "86400")),
         n8n_api_url=(env.get("N8N_API_URL") or "").rstrip("/") or None,
+        oauth_providers=parse_oauth_providers(env),
         n8n_api_key=env.get("N8N_API_KEY") or None,
     )
     settings = replace(settings, **overrides) if overrides else settings

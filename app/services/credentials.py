@@ -164,8 +164,7 @@ def auth_for(owner_id: uuid.UUID, credential_id: str) -> Auth:
     try:
         credential = get_owned(owner_id, credential_id)
     except NotFound:
-        raise CredentialUnusable(f"credential {credential_id} does not exist or is not "
-                                 "yours") from None
+        return _connection_auth(owner_id, credential_id)
     try:
         fields = json.loads(vault.current().open(
             credential.kek_id, credential.wrapped_key, credential.secret_ct,
@@ -188,6 +187,20 @@ def auth_for(owner_id: uuid.UUID, credential_id: str) -> Auth:
         return Auth({"Authorization": f"Bearer {fields['token']}"}, {})
     raise CredentialUnusable(f"credential '{credential.name}' of kind {credential.kind} "
                              "cannot be used by an HTTP request")
+
+
+def _connection_auth(owner_id: uuid.UUID, connection_id: str) -> Auth:
+    """An OAuth connection used as a node's credential: its (refreshed) access token."""
+    from app.services import oauth
+
+    try:
+        token = oauth.access_token(owner_id, connection_id)
+    except oauth.ConnectionUnusable as exc:
+        raise CredentialUnusable(str(exc)) from None
+    except vault.VaultError as exc:
+        raise CredentialUnusable(f"connection {connection_id} cannot be decrypted: "
+                                 f"{exc}") from None
+    return Auth({"Authorization": f"Bearer {token}"}, {})
 
 
 class HttpWithCredentials:

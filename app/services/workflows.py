@@ -19,6 +19,7 @@ from app import engine
 from app.db import db
 from app.errors import Conflict, NotFound, Problem, ValidationFailed
 from app.models import (
+    Connection,
     Credential,
     Execution,
     User,
@@ -100,6 +101,8 @@ def _credential_problems(user_id: uuid.UUID, nodes: Any) -> list[Problem]:
     ids = {_parse_id(v) for v in wanted.values()} - {None}
     owned = set(db.session.scalars(
         select(Credential.id).where(Credential.user_id == user_id, Credential.id.in_(ids))))
+    owned |= set(db.session.scalars(  # an OAuth connection serves as a credential too
+        select(Connection.id).where(Connection.user_id == user_id, Connection.id.in_(ids))))
     return [Problem(f"nodes[{i}].credential_id", "no such credential")
             for i, value in wanted.items() if _parse_id(value) not in owned]
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, logout_user
 
-from app.errors import ValidationFailed
-from app.services import accounts, credentials
+from app.errors import ServiceError, ValidationFailed
+from app.services import accounts, credentials, oauth
 from app.web.security import client_addr
 from app.web.settings import bp
 from app.web.settings.forms import PasswordChangeForm
@@ -69,3 +69,43 @@ def credential_delete(credential_id: str):
     if request.headers.get("HX-Request"):  # asked through the confirmation dialog
         return "", 200, {"HX-Redirect": url_for("settings.credential_list")}
     return redirect(url_for("settings.credential_list"))
+
+
+# --- OAuth connections ------------------------------------------------------------------------
+
+def _session_id() -> str:
+    return str(getattr(current_user, "session_id", "") or "")
+
+
+@bp.get("/settings/connections")
+@login_required
+def connection_list():
+    return render_template("settings/connections.html",
+                           connections=oauth.list_for(current_user.user),
+                           providers=list(oauth.providers().values()))
+
+
+@bp.post("/settings/connections/<provider>/connect")
+@login_required
+def connection_start(provider: str):
+    return redirect(oauth.start(current_user.user, _session_id(), provider))
+
+
+@bp.get("/oauth/callback")
+@login_required
+def oauth_callback():
+    try:
+        connection = oauth.finish(current_user.user, _session_id(), request.args.to_dict())
+    except ServiceError as exc:
+        flash(f"Not connected: {exc.message}")
+    else:
+        flash(f"Connected {connection.provider} as {connection.account_label}.")
+    return redirect(url_for("settings.connection_list"))
+
+
+@bp.post("/settings/connections/<connection_id>/disconnect")
+@login_required
+def connection_disconnect(connection_id: str):
+    oauth.disconnect(current_user.user, connection_id)
+    flash("Disconnected.")
+    return redirect(url_for("settings.connection_list"))

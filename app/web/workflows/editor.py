@@ -16,7 +16,7 @@ from app import engine
 from app.db import db
 from app.errors import ServiceError
 from app.live import ws
-from app.models import Credential, User
+from app.models import Connection, Credential, User
 from app.services import drafts, executions, workflows
 from app.web.workflows import bp, node_form
 
@@ -34,9 +34,16 @@ def palette() -> list[tuple[str, list[engine.NodeType]]]:
 
 
 def _credentials():
-    return db.session.execute(
+    """The user's credentials and active OAuth connections (either can be a node's)."""
+    found = [(c.id, c.name, c.kind) for c in db.session.execute(
         select(Credential.id, Credential.name, Credential.kind)
-        .where(Credential.user_id == current_user.id).order_by(Credential.name)).all()
+        .where(Credential.user_id == current_user.id).order_by(Credential.name))]
+    found += [(c.id, f"{c.provider}: {c.account_label or 'connection'}", "oauth2")
+              for c in db.session.execute(
+                  select(Connection.id, Connection.provider, Connection.account_label)
+                  .where(Connection.user_id == current_user.id,
+                         Connection.status == "active"))]
+    return [{"id": i, "name": n, "kind": k} for i, n, k in found]
 
 
 def _context(workflow, draft: drafts.Draft, notice: str | None = None,
