@@ -9,10 +9,9 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import select
 
 from app.db import db
-from app.models import Execution, User, Workflow
+from app.models import Execution, Workflow
 from app.services import workflows
 
 HTMX = {"HX-Request": "true"}
@@ -22,20 +21,6 @@ HTMX = {"HX-Request": "true"}
 def app_context(app):
     with app.app_context():
         yield
-
-
-@pytest.fixture
-def user(auth):
-    email = auth.new_email()
-    assert auth.register(email).status_code == 302
-    found = db.session.scalar(select(User).where(User.email == email))
-    db.session.commit()
-    return found
-
-
-@pytest.fixture
-def token(auth, user):
-    return auth.csrf_token("/settings")
 
 
 @pytest.fixture

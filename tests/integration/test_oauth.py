@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from app.config import OAuthProvider
 from app.db import db
-from app.models import AuditLog, Connection, User
+from app.models import AuditLog, Connection
 from app.services import oauth
 from tests.integration.local_http import LocalService
 from tests.integration.oauth_provider import CLIENT_ID, CLIENT_SECRET, OAuthProviderServer
@@ -43,20 +43,6 @@ def settings_overrides():
                 token_url=PROVIDER.url + "/token", userinfo_url=PROVIDER.url + "/userinfo",
                 revoke_url=PROVIDER.url + "/revoke", scopes="profile", client_id=CLIENT_ID,
                 client_secret=CLIENT_SECRET),)}
-
-
-@pytest.fixture
-def user(auth):
-    email = auth.new_email()
-    assert auth.register(email).status_code == 302
-    found = db.session.scalar(select(User).where(User.email == email))
-    db.session.commit()
-    return found
-
-
-@pytest.fixture
-def token(auth, user):
-    return auth.csrf_token("/settings")
 
 
 def begin(client, token) -> str:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from app.db import db
-from app.models import User, Workflow
+from app.models import Workflow
 from app.services import executions, workflows
 
 HTMX = {"HX-Request": "true"}
@@ -23,20 +23,6 @@ def app_context(app):
     """Services called directly (to set the scene) need the app, as in a request."""
     with app.app_context():
         yield
-
-
-@pytest.fixture
-def user(auth):
-    email = auth.new_email()
-    assert auth.register(email).status_code == 302
-    found = db.session.scalar(select(User).where(User.email == email))
-    db.session.commit()
-    return found
-
-
-@pytest.fixture
-def token(auth, user):
-    return auth.csrf_token("/settings")
 
 
 def page(client, path="/workflows", **kw) -> str:
