@@ -412,9 +412,13 @@ def _keeper() -> LeaseKeeper:
 
 def _ports(recorder: RunRecorder) -> engine.Ports:
     from app.services.credentials import HttpWithCredentials
+    from app.services.mcp_port import McpPort
+    from app.services.ssrf import AllowList
 
     port = current_app.extensions.get("jobsprint.http_port")
+    allow = AllowList.parse(current_app.config["SETTINGS"].http_allow)
     return engine.Ports(http=HttpWithCredentials(port, recorder.user_id) if port else None,
+                        mcp=McpPort(allow, recorder.user_id),
                         is_cancelled=recorder.is_cancelled)
 
 

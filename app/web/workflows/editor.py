@@ -8,7 +8,7 @@ import re
 from collections import defaultdict
 from functools import wraps
 
-from flask import redirect, render_template, request, url_for
+from flask import current_app, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
@@ -272,3 +272,27 @@ def save(workflow_id: str):
 def run(workflow_id: str):
     drafts.run(current_user, workflow_id, request.form.get("input") or "{}")
     return _answer(workflow_id)
+
+
+@bp.get("/workflows/<workflow_id>/edit/nodes/<node_id>/mcp-tools")
+@login_required
+def mcp_tools(workflow_id: str, node_id: str):
+    """The tools of the MCP node's server, for the panel (fetched when asked)."""
+    from app.engine import NodeError
+    from app.services.mcp_port import McpPort
+    from app.services.ssrf import AllowList
+
+    _workflow, draft = drafts.load(current_user, workflow_id)
+    node = draft.node(node_id)
+    url = ((node or {}).get("params") or {}).get("server_url") or ""
+    tools, problem = [], None
+    if not url or "{{" in url:
+        problem = "Set a server URL (without expressions) first."
+    else:
+        port = McpPort(AllowList.parse(current_app.config["SETTINGS"].http_allow),
+                       current_user.id)
+        try:
+            tools = port.list_tools(url, (node or {}).get("credential_id"))
+        except NodeError as exc:
+            problem = str(exc)
+    return render_template("workflows/_mcp_tools.html", tools=tools, problem=problem)
