@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import select
 
@@ -24,3 +26,51 @@ def user(auth):
 def token(auth, user):
     """A CSRF token of the signed-in session, for the pages' forms."""
     return auth.csrf_token("/settings")
+
+
+class ApiClient:
+    """The JSON API as a script would use it, with a bearer token."""
+
+    def __init__(self, client, token: str) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def post(self, path, body=None):
+        return self.client.post("/api/v1" + path, json=body, headers=self.headers)
+
+    def put(self, path, body=None):
+        return self.client.put("/api/v1" + path, json=body, headers=self.headers)
+
+    def get(self, path):
+        return self.client.get("/api/v1" + path, headers=self.headers)
+
+    def delete(self, path):
+        return self.client.delete("/api/v1" + path, headers=self.headers)
+
+    def credential(self, kind: str, secret: dict, name: str | None = None) -> dict:
+        answer = self.post("/credentials", {"name": name or kind, "kind": kind,
+                                            "secret": secret})
+        assert answer.status_code == 201, answer.get_json()
+        return answer.get_json()
+
+    def run_node(self, node: dict, run_input: dict | None = None, timeout: float = 30) -> dict:
+        """Save ``manual trigger → node`` (the node's id is kept), run it, wait for the end."""
+        workflow = self.post("/workflows", {"name": "One node", "nodes": [
+            {"id": "start", "type": "trigger.manual"}, node],
+            "connections": [{"from": "start", "to": node["id"]}]})
+        assert workflow.status_code == 201, workflow.get_json()
+        started = self.post(f"/workflows/{workflow.get_json()['id']}/run",
+                            {"input": run_input or {}})
+        run_id = started.get_json()["execution_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.get(f"/executions/{run_id}").get_json()
+            if run["status"] in ("succeeded", "failed"):
+                return run
+            time.sleep(0.05)
+        raise AssertionError(f"run {run_id} did not finish within {timeout:g} s")
+
+
+@pytest.fixture
+def api_client(client, auth) -> ApiClient:
+    return ApiClient(client, auth.register_api()["token"])

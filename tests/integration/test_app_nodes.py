@@ -4,8 +4,6 @@ sends, with the credential; the output; an API refusal failing the node with its
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.integration.local_http import LocalService
@@ -28,37 +26,22 @@ def apis():
     service.stop()
 
 
+class Api:
+    def __init__(self, client):
+        self.client = client
+
+    def run(self, node):
+        credential = self.client.credential("bearer", {"token": TOKEN}, name="token")
+        return self.client.run_node({**node, "id": "app", "credential_id": credential["id"]},
+                                    {"who": "Ann", "n": 3})
+
+    def post(self, path, body=None):
+        return self.client.post(path, body)
+
+
 @pytest.fixture
-def api(client, auth):
-    token = auth.register_api()["token"]
-    headers = {"Authorization": f"Bearer {token}"}
-
-    class Api:
-        def post(self, path, body=None):
-            return client.post("/api/v1" + path, json=body, headers=headers)
-
-        def get(self, path):
-            return client.get("/api/v1" + path, headers=headers)
-
-        def run(self, node):
-            credential = self.post("/credentials", {"name": "token", "kind": "bearer",
-                                                    "secret": {"token": TOKEN}}).get_json()
-            workflow = self.post("/workflows", {"name": "App", "nodes": [
-                {"id": "start", "type": "trigger.manual"},
-                {**node, "id": "app", "credential_id": credential["id"]}],
-                "connections": [{"from": "start", "to": "app"}]})
-            assert workflow.status_code == 201, workflow.get_json()
-            started = self.post(f"/workflows/{workflow.get_json()['id']}/run",
-                                {"input": {"who": "Ann", "n": 3}})
-            run_id = started.get_json()["execution_id"]
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                run = self.get(f"/executions/{run_id}").get_json()
-                if run["status"] in ("succeeded", "failed"):
-                    return run
-                time.sleep(0.05)
-            raise AssertionError("the run did not finish")
-    return Api()
+def api(api_client):
+    return Api(api_client)
 
 
 def test_github_create_issue(api, apis):

@@ -9,7 +9,6 @@ import base64
 import json
 import logging
 import secrets
-import time
 import uuid
 from dataclasses import replace
 
@@ -19,6 +18,7 @@ from sqlalchemy import select, update
 from app.config import KeyEncryptionKey
 from app.db import db
 from app.models import Credential, Webhook
+from tests.integration.conftest import ApiClient
 from tests.integration.local_http import LocalService
 
 SECRET = "sk_live_" + "Z" * 24
@@ -38,46 +38,14 @@ def capture():
     service.stop()
 
 
-class Api:
-    def __init__(self, client, token):
-        self.client, self.headers = client, {"Authorization": f"Bearer {token}"}
-
-    def post(self, path, body=None):
-        return self.client.post("/api/v1" + path, json=body, headers=self.headers)
-
-    def get(self, path):
-        return self.client.get("/api/v1" + path, headers=self.headers)
-
-    def delete(self, path):
-        return self.client.delete("/api/v1" + path, headers=self.headers)
-
-    def credential(self, kind, secret, name=None):
-        answer = self.post("/credentials", {"name": name or kind, "kind": kind,
-                                            "secret": secret})
-        assert answer.status_code == 201, answer.get_json()
-        return answer.get_json()
-
-    def run_http(self, url, credential_id):
-        workflow = self.post("/workflows", {"name": "Call", "nodes": [
-            {"id": "start", "type": "trigger.manual", "params": {}},
-            {"id": "call", "type": "http.request", "credential_id": credential_id,
-             "params": {"url": url, "body_type": "none"}}],
-            "connections": [{"from": "start", "to": "call"}]})
-        assert workflow.status_code == 201, workflow.get_json()
-        started = self.post(f"/workflows/{workflow.get_json()['id']}/run", {"input": {}})
-        run_id = started.get_json()["execution_id"]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            run = self.get(f"/executions/{run_id}").get_json()
-            if run["status"] in ("succeeded", "failed"):
-                return run
-            time.sleep(0.05)
-        raise AssertionError("the run did not finish")
-
-
 @pytest.fixture
-def api(client, auth):
-    return Api(client, auth.register_api()["token"])
+def api(api_client):
+    return api_client
+
+
+def run_http(api, url, credential_id):
+    return api.run_node({"id": "call", "type": "http.request", "credential_id": credential_id,
+                         "params": {"url": url, "body_type": "none"}})
 
 
 def test_create_list_get_delete_and_never_show_the_secret(api, caplog):
@@ -114,7 +82,7 @@ def test_bad_credentials_say_what_and_where(api):
 def test_another_users_credential_is_not_found_nor_usable(api, client, auth, capture):
     url, seen = capture
     mine = api.credential("bearer", {"token": SECRET})
-    other = Api(client, auth.register_api()["token"])
+    other = ApiClient(client, auth.register_api()["token"])
     assert other.get(f"/credentials/{mine['id']}").status_code == 404
     assert other.delete(f"/credentials/{mine['id']}").status_code == 404
     # a workflow naming someone else's credential is refused when saved
@@ -139,7 +107,7 @@ def test_another_users_credential_is_not_found_nor_usable(api, client, auth, cap
 def test_the_http_node_sends_each_kind(api, capture, kind, secret, expect):
     url, seen = capture
     created = api.credential(kind, secret)
-    run = api.run_http(url + "/hello", created["id"])
+    run = run_http(api, url + "/hello", created["id"])
     assert run["status"] == "succeeded", run
     assert len(seen) == 1 and expect(seen[0])
     assert SECRET not in json.dumps(run)  # neither in the run's result nor its nodes
@@ -165,7 +133,7 @@ def test_a_ciphertext_moved_to_another_row_does_not_open(api, capture):
     db.session.execute(update(Credential).where(Credential.id == uuid.UUID(second["id"]))
                        .values(secret_ct=donor.secret_ct, wrapped_key=donor.wrapped_key))
     db.session.commit()
-    run = api.run_http(url, second["id"])
+    run = run_http(api, url, second["id"])
     assert run["status"] == "failed"
     message = run["error"]["message"]
     assert "credential 'second' cannot be decrypted" in message and SECRET not in message
@@ -178,7 +146,7 @@ def test_an_unknown_kek_is_a_clear_error(app, api, capture):
     other = KeyEncryptionKey("other", secrets.token_bytes(32))
     app.config["SETTINGS"] = replace(app.config["SETTINGS"], keks=(other,))
     app.extensions.pop("jobsprint.vault", None)
-    run = api.run_http(url, created["id"])
+    run = run_http(api, url, created["id"])
     assert run["status"] == "failed"
     assert "is not configured" in run["error"]["message"]
 
@@ -204,7 +172,7 @@ def test_rotate_keys_rewraps_every_data_key_and_they_still_open(app, api, captur
     assert "credentials: 0 re-wrapped" in again.output  # idempotent
     app.config["SETTINGS"] = replace(app.config["SETTINGS"], keks=(new,))  # old key retired
     app.extensions.pop("jobsprint.vault", None)
-    run = api.run_http(url, created["id"])
+    run = run_http(api, url, created["id"])
     assert run["status"] == "succeeded", run
     assert api.get(f"/workflows/{workflow['id']}/webhook").get_json()["secret"] == secret_before
 

@@ -58,36 +58,23 @@ def settings_overrides():
     return {"http_allow": ("127.0.0.1",)}
 
 
+class Api:
+    def __init__(self, client):
+        self.client = client
+
+    def run(self, params, credential_id=None):
+        node = {"id": "tool", "type": "integration.mcp", "params": params}
+        if credential_id:
+            node["credential_id"] = credential_id
+        return self.client.run_node(node, {"x": 20, "word": "hello"})
+
+    def post(self, path, body=None):
+        return self.client.post(path, body)
+
+
 @pytest.fixture
-def api(client, auth):
-    token = auth.register_api()["token"]
-    headers = {"Authorization": f"Bearer {token}"}
-
-    class Api:
-        def post(self, path, body=None):
-            return client.post("/api/v1" + path, json=body, headers=headers)
-
-        def get(self, path):
-            return client.get("/api/v1" + path, headers=headers)
-
-        def run(self, params, credential_id=None):
-            node = {"id": "tool", "type": "integration.mcp", "params": params}
-            if credential_id:
-                node["credential_id"] = credential_id
-            workflow = self.post("/workflows", {"name": "MCP", "nodes": [
-                {"id": "start", "type": "trigger.manual"}, node],
-                "connections": [{"from": "start", "to": "tool"}]})
-            assert workflow.status_code == 201, workflow.get_json()
-            run_id = self.post(f"/workflows/{workflow.get_json()['id']}/run",
-                               {"input": {"x": 20, "word": "hello"}}).get_json()["execution_id"]
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                run = self.get(f"/executions/{run_id}").get_json()
-                if run["status"] in ("succeeded", "failed"):
-                    return run
-                time.sleep(0.05)
-            raise AssertionError("the run did not finish")
-    return Api()
+def api(api_client):
+    return Api(api_client)
 
 
 def test_a_tool_is_called_with_templated_arguments(api, mcp_url):
