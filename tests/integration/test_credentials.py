@@ -9,6 +9,7 @@ import base64
 import json
 import logging
 import secrets
+import time
 import uuid
 from dataclasses import replace
 
@@ -175,6 +176,42 @@ def test_rotate_keys_rewraps_every_data_key_and_they_still_open(app, api, captur
     run = run_http(api, url, created["id"])
     assert run["status"] == "succeeded", run
     assert api.get(f"/workflows/{workflow['id']}/webhook").get_json()["secret"] == secret_before
+
+
+def test_a_run_in_flight_during_a_rotation_uses_its_credential_after_it(app, api, capture,
+                                                                         runner):
+    """A run waiting between two nodes while the keys rotate (new KEK first, old kept) opens
+    the re-wrapped credential when it goes on; runs started later do too, old key retired."""
+    url, seen = capture
+    created = api.credential("bearer", {"token": SECRET})
+    workflow = api.post("/workflows", {"name": "Slow", "nodes": [
+        {"id": "start", "type": "trigger.manual"},
+        {"id": "pause", "type": "logic.wait", "params": {"seconds": 1.5}},
+        {"id": "call", "type": "http.request", "credential_id": created["id"],
+         "params": {"url": url + "/late", "body_type": "none"}}],
+        "connections": [{"from": "start", "to": "pause"}, {"from": "pause", "to": "call"}]})
+    run_id = api.post(f"/workflows/{workflow.get_json()['id']}/run",
+                      {"input": {}}).get_json()["execution_id"]
+    deadline = time.monotonic() + 10
+    while api.get(f"/executions/{run_id}").get_json()["status"] not in ("running", "waiting"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    old = app.config["SETTINGS"].keks[0]
+    new = KeyEncryptionKey("new", secrets.token_bytes(32))
+    app.config["SETTINGS"] = replace(app.config["SETTINGS"], keks=(new, old))
+    app.extensions.pop("jobsprint.vault", None)
+    assert "credentials: 1 re-wrapped" in runner.invoke(args=["jobsprint", "rotate-keys"]).output
+    assert seen == []  # the run was still waiting
+    deadline = time.monotonic() + 20
+    while (run := api.get(f"/executions/{run_id}").get_json())["status"] not in (
+            "succeeded", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert run["status"] == "succeeded", run
+    assert seen[-1].headers["authorization"] == f"Bearer {SECRET}"
+    app.config["SETTINGS"] = replace(app.config["SETTINGS"], keks=(new,))
+    app.extensions.pop("jobsprint.vault", None)
+    assert run_http(api, url, created["id"])["status"] == "succeeded"
 
 
 def test_the_page_adds_lists_and_deletes_without_echoing_secrets(client, auth):
