@@ -95,6 +95,17 @@ def parse_oauth_providers(env: Mapping[str, str]) -> tuple[OAuthProvider, ...]:
     return tuple(found)
 
 
+def parse_ai_providers(raw: str) -> tuple[tuple[str, str], ...]:
+    """``name=base_url,name=base_url`` (OpenAI-compatible chat-completions APIs)."""
+    found = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, url = item.partition("=")
+        if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
+            raise ConfigError(f"JOBSPRINT_AI_PROVIDERS: {item!r} is not name=http(s)://…")
+        found.append((name.strip(), url.strip().rstrip("/")))
+    return tuple(found)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -135,6 +146,12 @@ class Settings:
     webhook_rotation_grace_s: int = 86400
     n8n_api_url: str | None = None
     oauth_providers: tuple[OAuthProvider, ...] = ()
+    ai_providers: tuple[tuple[str, str], ...] = (
+        ("openai", "https://api.openai.com/v1"), ("openrouter", "https://openrouter.ai/api/v1"),
+        ("groq", "https://api.groq.com/openai/v1"), ("together", "https://api.together.xyz/v1"),
+        ("ollama", "http://127.0.0.1:11434/v1"))
+    ai_user_per_minute: int = 60
+    ai_provider_per_minute: int = 600
     n8n_api_key: str | None = field(default=None, repr=False)
     testing: bool = False
 
@@ -314,6 +331,13 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
             env.get("JOBSPRINT_WEBHOOK_ROTATION_GRACE_S", "86400")),
         n8n_api_url=(env.get("N8N_API_URL") or "").rstrip("/") or None,
         oauth_providers=parse_oauth_providers(env),
+        **({"ai_providers": parse_ai_providers(env["JOBSPRINT_AI_PROVIDERS"])}
+           if env.get("JOBSPRINT_AI_PROVIDERS") else {}),
+        ai_user_per_minute=parse_int("JOBSPRINT_AI_USER_PER_MINUTE",
+                                     env.get("JOBSPRINT_AI_USER_PER_MINUTE", "60"), minimum=1),
+        ai_provider_per_minute=parse_int(
+            "JOBSPRINT_AI_PROVIDER_PER_MINUTE", env.get("JOBSPRINT_AI_PROVIDER_PER_MINUTE", "600"),
+            minimum=1),
         n8n_api_key=env.get("N8N_API_KEY") or None,
     )
     settings = replace(settings, **overrides) if overrides else settings

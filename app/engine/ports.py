@@ -57,6 +57,10 @@ class HttpPort(Protocol):
 
 
 class AiPort(Protocol):
+    def template(self, template_id: str) -> dict:
+        """The owner's prompt template ``{"system", "prompt"}`` (raw, to be rendered)."""
+        ...
+
     def chat(self, *, provider: str, model: str, fallback_provider: str | None,
              fallback_model: str | None, template_id: str | None, system: str | None,
              prompt: str, conversation_key: str | None, temperature: float,

@@ -411,14 +411,17 @@ def _keeper() -> LeaseKeeper:
 # --- the queue handler --------------------------------------------------------------------
 
 def _ports(recorder: RunRecorder) -> engine.Ports:
+    from app.services.ai import AiForRun
     from app.services.credentials import HttpWithCredentials
     from app.services.mcp_port import McpPort
     from app.services.ssrf import AllowList
 
     port = current_app.extensions.get("jobsprint.http_port")
     allow = AllowList.parse(current_app.config["SETTINGS"].http_allow)
-    return engine.Ports(http=HttpWithCredentials(port, recorder.user_id) if port else None,
-                        mcp=McpPort(allow, recorder.user_id),
+    http = HttpWithCredentials(port, recorder.user_id) if port else None
+    return engine.Ports(http=http, mcp=McpPort(allow, recorder.user_id),
+                        ai=AiForRun(http, recorder.user_id, str(recorder.execution_id))
+                        if http else None,
                         is_cancelled=recorder.is_cancelled)
 
 

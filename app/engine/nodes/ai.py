@@ -14,6 +14,13 @@ def run_chat(ctx: NodeContext) -> NodeOutput:
     if ctx.ports.ai is None:
         raise port_unavailable("ai.chat")
     arguments = {name: ctx.params.get(name) for name in PARAM_NAMES}
+    if arguments["template_id"]:
+        # The template's texts are rendered like the node's own, with the node's prompt
+        # available in them as {{ prompt }}.
+        template = ctx.ports.ai.template(arguments["template_id"])
+        if template.get("system"):
+            arguments["system"] = ctx.render(template["system"], prompt=arguments["prompt"])
+        arguments["prompt"] = ctx.render(template["prompt"], prompt=arguments["prompt"])
     value = ctx.ports.ai.chat(**arguments, idempotency_key=ctx.idempotency_key,
                               credential_id=ctx.credential_id, deadline=ctx.deadline)
     return NodeOutput(value)

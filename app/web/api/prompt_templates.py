@@ -1,0 +1,20 @@
+"""Prompt templates: save a new version, list the latest of each."""
+
+from __future__ import annotations
+
+from flask import g, jsonify
+
+from app.services import prompt_templates
+from app.web.api import bp
+from app.web.api.guard import json_object
+
+
+@bp.get("/prompt-templates")
+def list_prompt_templates():
+    return jsonify(items=[prompt_templates.as_api(t)
+                          for t in prompt_templates.latest(g.user)])
+
+
+@bp.post("/prompt-templates")
+def save_prompt_template():
+    return jsonify(prompt_templates.as_api(prompt_templates.save(g.user, json_object()))), 201

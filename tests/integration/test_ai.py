@@ -1,0 +1,166 @@
+"""ai.chat against a local OpenAI-compatible server started by the test (real HTTP), which
+answers, fails with 500/429/400 or returns invalid JSON on demand: templates, conversation
+history, retries then the fallback model, the rate limit, JSON-schema mode, the cache and the
+stored history rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from app.db import db
+from app.models import AIHistory
+from tests.integration.local_http import LocalService
+
+BEHAVIOUR: list = []  # what the server does next, per request: ("ok", text) | ("status", n)
+
+
+def _answer(seen):
+    model = (seen.body or {}).get("model")
+    step = BEHAVIOUR.pop(0) if BEHAVIOUR else ("ok", f"hello from {model}")
+    if step[0] == "status":
+        return step[1], {"error": {"message": f"failure {step[1]}"}}
+    return 200, {"id": "cmpl-1", "object": "chat.completion", "model": model, "choices": [
+        {"index": 0, "finish_reason": "stop",
+         "message": {"role": "assistant", "content": step[1]}}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}}
+
+
+SERVER = LocalService(_answer).start()
+
+
+@pytest.fixture
+def llm():
+    BEHAVIOUR.clear()
+    SERVER.seen.clear()
+    return SERVER
+
+
+@pytest.fixture
+def settings_overrides():
+    return {"http_allow": ("127.0.0.1",), "ai_providers": (
+        ("local", SERVER.url + "/v1"), ("backup", SERVER.url + "/backup/v1"))}
+
+
+def chat(api, run_input=None, **params):
+    node = {"id": "ask", "type": "ai.chat", "params": {
+        "provider": "local", "model": "small", "prompt": "Hi {{ input.name }}", **params}}
+    return api.run_node(node, run_input or {"name": "Ann"})
+
+
+def history():
+    rows = list(db.session.scalars(select(AIHistory).order_by(AIHistory.created_at)))
+    db.session.commit()
+    return rows
+
+
+def test_a_prompt_is_answered_and_stored(api_client, llm):
+    run = chat(api_client, system="Be brief.")
+    assert run["status"] == "succeeded", run
+    result = run["result"]
+    assert (result["text"], result["model"], result["finish_reason"]) == (
+        "hello from small", "small", "stop")
+    assert result["usage"] == {"prompt_tokens": 11, "completion_tokens": 5}
+    assert result["cached"] is False and result["fallback"] is False
+    sent = llm.seen[-1]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.body["messages"] == [{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": "Hi Ann"}]
+    row = history()[-1]
+    assert (row.user_message, row.assistant_message, row.model, row.node_id) == (
+        "Hi Ann", "hello from small", "small", "ask")
+    assert (row.prompt_tokens, row.completion_tokens) == (11, 5) and row.latency_ms >= 0
+
+
+def test_a_saved_template_is_rendered_with_the_nodes_variables(api_client, llm):
+    saved = api_client.post("/prompt-templates", {
+        "name": "greet", "system": "You greet {{ input.name }}.",
+        "prompt": "Say hello. Note: {{ prompt }}"})
+    assert saved.status_code == 201 and saved.get_json()["version"] == 1
+    api_client.post("/prompt-templates", {"name": "greet", "prompt": "v2: {{ prompt }}"})
+    run = chat(api_client, template_id="greet@1", prompt="be kind")
+    assert run["status"] == "succeeded", run
+    assert llm.seen[-1].body["messages"] == [
+        {"role": "system", "content": "You greet Ann."},
+        {"role": "user", "content": "Say hello. Note: be kind"}]
+    chat(api_client, template_id="greet", prompt="x")  # the newest version
+    assert llm.seen[-1].body["messages"][-1]["content"] == "v2: x"
+    listed = api_client.get("/prompt-templates").get_json()["items"]
+    assert [(t["name"], t["version"]) for t in listed] == [("greet", 2)]
+    assert chat(api_client, template_id="nope")["error"]["message"].endswith(
+        "there is no prompt template 'nope'")
+
+
+def test_a_conversation_carries_its_earlier_messages(api_client, llm):
+    BEHAVIOUR.extend([("ok", "first answer"), ("ok", "second answer")])
+    chat(api_client, {"name": "Ann"}, conversation_key="{{ input.name }}")
+    chat(api_client, {"name": "Ann"}, conversation_key="{{ input.name }}", prompt="Again")
+    assert llm.seen[-1].body["messages"] == [
+        {"role": "user", "content": "Hi Ann"}, {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "Again"}]
+    assert {r.conversation_key for r in history()} == {"Ann"}
+
+
+def test_errors_are_retried_then_the_fallback_answers(api_client, llm):
+    BEHAVIOUR.extend([("status", 500), ("status", 503), ("status", 429)])
+    run = chat(api_client, fallback_provider="backup", fallback_model="big")
+    assert run["status"] == "succeeded", run
+    assert run["result"]["model"] == "big" and run["result"]["fallback"] is True
+    assert [s.path for s in llm.seen] == ["/v1/chat/completions"] * 3 + [
+        "/backup/v1/chat/completions"]
+
+
+def test_a_400_is_not_retried(api_client, llm):
+    BEHAVIOUR.extend([("status", 400)])
+    run = chat(api_client, fallback_model="other")
+    assert run["status"] == "succeeded"
+    assert [s.body["model"] for s in llm.seen] == ["small", "other"]  # one try, then fallback
+    BEHAVIOUR.extend([("status", 400), ("status", 400)])
+    failed = chat(api_client, fallback_model="other")
+    assert failed["status"] == "failed"
+    assert "every model failed" in failed["error"]["message"]
+    assert "the API answered 400: failure 400" in failed["error"]["message"]
+
+
+def test_json_mode_asks_again_once_then_fails_with_the_errors(api_client, llm):
+    schema = {"type": "object", "required": ["total"],
+              "properties": {"total": {"type": "number"}}}
+    BEHAVIOUR.extend([("ok", "not json"), ("ok", json.dumps({"total": 3}))])
+    run = chat(api_client, json_schema=schema)
+    assert run["status"] == "succeeded", run
+    assert run["result"]["json"] == {"total": 3}
+    assert llm.seen[-1].body["messages"][-1]["content"].startswith(
+        "Your answer did not match the JSON Schema: not JSON")
+    assert llm.seen[0].body["response_format"]["json_schema"]["schema"] == schema
+    BEHAVIOUR.extend([("ok", '{"total": "x"}'), ("ok", "{}")])
+    failed = chat(api_client, json_schema=schema)
+    assert failed["status"] == "failed"
+    assert "does not match the schema: (root): 'total' is a required property" in \
+        failed["error"]["message"]
+
+
+def test_temperature_zero_repeats_come_from_the_cache(api_client, llm):
+    first = chat(api_client, temperature=0)
+    second = chat(api_client, temperature=0)
+    assert first["result"]["cached"] is False and second["result"]["cached"] is True
+    assert second["result"]["text"] == first["result"]["text"]
+    assert len(llm.seen) == 1
+    assert [r.cached for r in history()] == [False, True]
+    chat(api_client, temperature=0.5)
+    chat(api_client, temperature=0.5)
+    assert len(llm.seen) == 3  # never cached above 0
+
+
+@pytest.mark.parametrize("settings_overrides", [{
+    "http_allow": ("127.0.0.1",), "ai_user_per_minute": 1,
+    "ai_providers": (("local", SERVER.url + "/v1"),)}])
+def test_over_the_rate_limit_the_node_fails_rate_limited(api_client, llm):
+    assert chat(api_client)["status"] == "succeeded"
+    node = {"id": "ask", "type": "ai.chat", "timeout_s": 2, "params": {
+        "provider": "local", "model": "small", "prompt": "again"}}
+    run = api_client.run_node(node)
+    assert run["status"] == "failed"
+    assert "rate limited" in run["error"]["message"]
+    assert len(llm.seen) == 1
