@@ -152,6 +152,7 @@ class Settings:
         ("ollama", "http://127.0.0.1:11434/v1"))
     ai_user_per_minute: int = 60
     ai_provider_per_minute: int = 600
+    ai_daily_tokens: int = 0  # per user; 0: no budget
     n8n_api_key: str | None = field(default=None, repr=False)
     testing: bool = False
 
@@ -333,6 +334,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         oauth_providers=parse_oauth_providers(env),
         **({"ai_providers": parse_ai_providers(env["JOBSPRINT_AI_PROVIDERS"])}
            if env.get("JOBSPRINT_AI_PROVIDERS") else {}),
+        ai_daily_tokens=parse_int("JOBSPRINT_AI_DAILY_TOKENS",
+                                  env.get("JOBSPRINT_AI_DAILY_TOKENS", "0"), minimum=0),
         ai_user_per_minute=parse_int("JOBSPRINT_AI_USER_PER_MINUTE",
                                      env.get("JOBSPRINT_AI_USER_PER_MINUTE", "60"), minimum=1),
         ai_provider_per_minute=parse_int(

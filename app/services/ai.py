@@ -25,7 +25,7 @@ import json
 import math
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app
@@ -82,6 +82,24 @@ def fit(system: dict | None, history: list[dict], user: dict, *, window: int,
         kept.insert(0, message)
         budget -= cost
     return ([system] if system else []) + kept + [user]
+
+
+def _budget_key(user_id: Any, now: datetime | None = None) -> str:
+    return f"ai-budget:{user_id}:{(now or datetime.now(UTC)):%Y%m%d}"
+
+
+def budget_left(user_id: Any) -> int | None:
+    """Tokens the user may still spend today (UTC), or None without a daily budget."""
+    daily = _settings().ai_daily_tokens
+    if not daily:
+        return None
+    return max(0, daily - int(_store().get(_budget_key(user_id)) or 0))
+
+
+def seconds_to_midnight() -> int:
+    now = datetime.now(UTC)
+    tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, int((tomorrow - now).total_seconds()))
 
 
 def _store():
@@ -182,6 +200,8 @@ class AiForRun:
             cached = cache.get(f"ai-cache:{digest}")
             if cached is not None:
                 return {**cached, "cached": True}
+        if budget_left(self.owner_id) == 0:
+            raise NodeError("ai.chat: the AI budget for today is spent (JOBSPRINT_AI_DAILY_TOKENS)")
         self._take_turn(provider, deadline)
         began = time.monotonic()
         reply = self._complete(base, body, credential_id, deadline)
@@ -230,6 +250,14 @@ class AiForRun:
         except (KeyError, IndexError, TypeError):
             raise NodeError("the API's answer has no choices[0].message.content") from None
         usage = data.get("usage") or {}
+        spent = int(usage.get("total_tokens") or 0) or (
+            int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0))
+        if spent and _settings().ai_daily_tokens:
+            key = _budget_key(self.owner_id)
+            pipe = _store().pipeline(transaction=False)
+            pipe.incrby(key, spent)
+            pipe.expire(key, 2 * 86400)
+            pipe.execute()
         return {"text": text, "finish_reason": choice.get("finish_reason"),
                 "usage": {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
                           "completion_tokens": int(usage.get("completion_tokens") or 0)}}

@@ -164,3 +164,24 @@ def test_over_the_rate_limit_the_node_fails_rate_limited(api_client, llm):
     assert run["status"] == "failed"
     assert "rate limited" in run["error"]["message"]
     assert len(llm.seen) == 1
+
+
+@pytest.mark.parametrize("settings_overrides", [{
+    "http_allow": ("127.0.0.1",), "ai_daily_tokens": 20,
+    "ai_providers": (("local", SERVER.url + "/v1"),)}])
+def test_a_spent_daily_budget_fails_the_node_and_the_run_endpoint_answers_429(api_client, llm):
+    assert chat(api_client)["status"] == "succeeded"  # 16 tokens of 20
+    assert chat(api_client)["status"] == "succeeded"  # 32: now over
+    workflow = api_client.post("/workflows", {"name": "AI", "nodes": [
+        {"id": "start", "type": "trigger.manual"},
+        {"id": "ask", "type": "ai.chat", "params": {"provider": "local", "model": "small",
+                                                    "prompt": "hi"}}],
+        "connections": [{"from": "start", "to": "ask"}]}).get_json()
+    answer = api_client.post(f"/workflows/{workflow['id']}/run", {"input": {}})
+    assert answer.status_code == 429
+    assert "AI budget for today is spent" in answer.get_json()["error"]["message"]
+    assert 0 < int(answer.headers["Retry-After"]) <= 86400
+    plain = api_client.post("/workflows", {"name": "No AI", "nodes": [
+        {"id": "start", "type": "trigger.manual"}], "connections": []}).get_json()
+    assert api_client.post(f"/workflows/{plain['id']}/run", {"input": {}}).status_code == 202
+    assert len(llm.seen) == 2

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from flask import g, jsonify, request
 
-from app.services import executions
+from app.errors import RateLimited
+from app.services import ai, executions, workflows
 from app.services.pagination import parse_limit
 from app.web.api import bp
 from app.web.api.guard import json_object
@@ -11,6 +12,12 @@ from app.web.api.guard import json_object
 @bp.post("/workflows/<workflow_id>/run")
 def run_workflow(workflow_id: str):
     body = json_object() if request.content_length else {}
+    workflow = workflows.get_owned(g.user.id, workflow_id)
+    uses_ai = any(n.get("type") == "ai.chat" for n in (workflow.definition or {}).get(
+        "nodes", []) if isinstance(n, dict))
+    if uses_ai and ai.budget_left(g.user.id) == 0:
+        raise RateLimited("your AI budget for today is spent; it renews at midnight UTC",
+                          retry_after=ai.seconds_to_midnight())
     execution, _new = executions.start_manual(
         g.user, workflow_id, body.get("input"),
         idempotency_key=request.headers.get("Idempotency-Key"))
