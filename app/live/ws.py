@@ -390,6 +390,10 @@ class ExecutionView:
             return event.memo("run", lambda: render_template(
                 "partials/live/_run_status.html", execution_id=self.key, status=status,
                 oob=True))
+        if data.get("type") == "stream" and data.get("node_id"):  # an AI answer, as it comes
+            return event.memo("stream", lambda: render_template(
+                "partials/live/_stream.html", execution_id=self.key,
+                node_id=str(data["node_id"]), text=str(data.get("text") or "")))
         if data.get("type") != "node" or not data.get("node_id"):
             return None
         node = {"key": str(data["node_id"]), "status": str(data.get("status")),

@@ -102,6 +102,11 @@ def seconds_to_midnight() -> int:
     return max(1, int((tomorrow - now).total_seconds()))
 
 
+def stream_key(execution_id: Any) -> str:
+    """Set (for an hour) on a run started from the editor: its AI answers are streamed."""
+    return f"stream-run:{execution_id}"
+
+
 def _store():
     return current_app.extensions["jobsprint.store"]
 
@@ -117,6 +122,11 @@ class AiForRun:
         self.http = http
         self.owner_id = owner_id
         self.execution_id = execution_id
+        self._node_id: str | None = None
+
+    def _streamed(self) -> bool:
+        """Whether the run was started from the editor, which shows answers as they come."""
+        return bool(self.execution_id) and bool(_store().exists(stream_key(self.execution_id)))
 
     # --- templates ------------------------------------------------------------------------
 
@@ -166,6 +176,8 @@ class AiForRun:
         history = self._history(conversation_key) if conversation_key else []
         messages = fit(system_message, history, user_message, window=WINDOW_TOKENS,
                        answer=max_tokens)
+        self._node_id = idempotency_key.split(":")[1] if idempotency_key.count(":") >= 2 \
+            else None
         attempts = [(provider, model)]
         if fallback_model:
             attempts.append((fallback_provider or provider, fallback_model))
@@ -204,7 +216,12 @@ class AiForRun:
             raise NodeError("ai.chat: the AI budget for today is spent (JOBSPRINT_AI_DAILY_TOKENS)")
         self._take_turn(provider, deadline)
         began = time.monotonic()
-        reply = self._complete(base, body, credential_id, deadline)
+        reply = None
+        if validator is None and hasattr(self.http, "stream_lines") and self._streamed():
+            reply = self._complete_streaming(base, body, credential_id, deadline)
+        if reply is None:
+            reply = self._complete(base, body, credential_id, deadline)
+        self._spend(reply["usage"])
         parsed = None
         if validator is not None:
             parsed, problems = _check_json(reply["text"], validator)
@@ -216,6 +233,7 @@ class AiForRun:
                                                + ". Answer again with only the JSON."}]}
                 self._take_turn(provider, deadline)
                 reply = self._complete(base, retry, credential_id, deadline)
+                self._spend(reply["usage"])
                 parsed, problems = _check_json(reply["text"], validator)
                 if problems:
                     raise NodeError("the answer does not match the schema: "
@@ -250,17 +268,72 @@ class AiForRun:
         except (KeyError, IndexError, TypeError):
             raise NodeError("the API's answer has no choices[0].message.content") from None
         usage = data.get("usage") or {}
-        spent = int(usage.get("total_tokens") or 0) or (
-            int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0))
+        return {"text": text, "finish_reason": choice.get("finish_reason"),
+                "usage": {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                          "completion_tokens": int(usage.get("completion_tokens") or 0)}}
+
+    def _complete_streaming(self, base: str, body: dict, credential_id: str | None,
+                            deadline: datetime | None) -> dict | None:
+        """The answer as server-sent events, each piece published to the owner's live pages
+        (batched every 50 ms) as it comes; None when the API refuses to stream (the caller
+        then asks without streaming, with retries)."""
+        from app.live import events
+        from app.services.http_port import StreamRefused
+
+        store = _store()
+        text, pending, usage, finish = [], [], {}, None
+        sent_at = time.monotonic()
+
+        def flush() -> None:
+            nonlocal sent_at
+            if pending:
+                events.publish_many(store, self.owner_id, [{
+                    "type": "stream", "execution_id": self.execution_id,
+                    "node_id": self._node_id, "text": "".join(pending)}])
+                pending.clear()
+            sent_at = time.monotonic()
+
+        try:
+            for line in self.http.stream_lines(
+                    url=f"{base}/chat/completions", json={**body, "stream": True,
+                                                          "stream_options": {
+                                                              "include_usage": True}},
+                    headers={"Accept": "text/event-stream"}, idempotency_key=uuid.uuid4().hex,
+                    timeout_s=60, deadline=deadline, credential_id=credential_id):
+                if not line or not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    continue
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content") or ""
+                    finish = choice.get("finish_reason") or finish
+                    if piece:
+                        text.append(piece)
+                        pending.append(piece)
+                if time.monotonic() - sent_at >= 0.05:
+                    flush()
+        except StreamRefused:
+            return None
+        flush()
+        return {"text": "".join(text), "finish_reason": finish,
+                "usage": {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                          "completion_tokens": int(usage.get("completion_tokens") or 0)}}
+
+    def _spend(self, usage: dict) -> None:
+        """Count the tokens against the user's daily budget (when there is one)."""
+        spent = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
         if spent and _settings().ai_daily_tokens:
             key = _budget_key(self.owner_id)
             pipe = _store().pipeline(transaction=False)
             pipe.incrby(key, spent)
             pipe.expire(key, 2 * 86400)
             pipe.execute()
-        return {"text": text, "finish_reason": choice.get("finish_reason"),
-                "usage": {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                          "completion_tokens": int(usage.get("completion_tokens") or 0)}}
 
     def _take_turn(self, provider: str, deadline: datetime | None) -> None:
         """One request's worth from the user's and the provider's buckets, waiting for it

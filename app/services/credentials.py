@@ -219,6 +219,17 @@ class HttpWithCredentials:
             kwargs["query"] = {**(kwargs.get("query") or {}), **auth.query}
         return self.port.request(credential_id=None, **kwargs)
 
+    def stream_lines(self, **kwargs: Any):
+        """The port's streamed POST, with the credential applied the same way."""
+        credential_id = kwargs.pop("credential_id", None)
+        if credential_id:
+            auth = auth_for(self.owner_id, credential_id)
+            if auth.query:
+                raise CredentialUnusable("a credential sent in the query string cannot be "
+                                         "used to stream")
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), **auth.headers}
+        return self.port.stream_lines(credential_id=None, **kwargs)
+
 
 # --- key rotation ---------------------------------------------------------------------------
 

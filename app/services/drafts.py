@@ -181,7 +181,7 @@ def run(user: User, workflow_id: str, input_text: str):
     _workflow, draft = load(user, workflow_id)
     if draft.changed:
         save(user, workflow_id)
-    execution, _new = executions.start_manual(user, workflow_id, data)
+    execution, _new = executions.start_manual(user, workflow_id, data, stream_answers=True)
     remember_run(user, workflow_id, execution.id, input_text)
     return execution
 

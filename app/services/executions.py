@@ -94,8 +94,10 @@ def new_execution(workflow, *, trigger_type: str, trigger_node_id: str, input: A
 
 
 def start_manual(user: User, workflow_id: uuid.UUID | str, input: Any, *,
-                 idempotency_key: str | None = None) -> tuple[Execution, bool]:
+                 idempotency_key: str | None = None,
+                 stream_answers: bool = False) -> tuple[Execution, bool]:
     """Start a manual run; returns the run and whether it is new (False: an idempotent replay).
+    ``stream_answers``: its AI nodes publish their answers as they come (the editor's runs).
     """
     workflow = workflows.get_owned(user.id, workflow_id)
     key = digest = None
@@ -119,6 +121,10 @@ def start_manual(user: User, workflow_id: uuid.UUID | str, input: Any, *,
         return get_owned(user.id, idempotency.winner(key, digest)), False
     if key:
         idempotency.cache_answer(key, digest, execution.id)
+    if stream_answers:  # before any worker can see the run
+        from app.services.ai import stream_key
+
+        current_app.extensions["jobsprint.store"].set(stream_key(execution.id), 1, ex=3600)
     announce([execution])
     publish([execution.id])
     return execution, True

@@ -22,7 +22,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.message import Message
 from email.utils import parsedate_to_datetime
@@ -112,6 +112,32 @@ class RequestsHttpPort:
                 continue
             return result
 
+    def stream_lines(self, *, url: str, json: Any, headers: dict, idempotency_key: str,
+                     timeout_s: float, deadline: datetime | None,
+                     credential_id: str | None = None) -> Iterator[str]:
+        """POST ``json`` and yield the answer's lines as they arrive (server-sent events),
+        through the same guard; one attempt (a stream is not retried). A refusal (any status
+        of 400 or more) raises ``StreamRefused`` before anything is yielded, so the caller can
+        fall back to ``request`` and its retries."""
+        if credential_id is not None:
+            raise NodeError("http.request: the credential was not resolved for this run")
+        where = f"POST {_safe_url(url)}"
+        timeout = _time_left(timeout_s, deadline, where)
+        stop_at = time.monotonic() + timeout
+        try:
+            with self._session().post(url, json=json, timeout=timeout, stream=True,
+                                      allow_redirects=False,
+                                      headers=_headers(headers, idempotency_key, "json")
+                                      ) as response:
+                if response.status_code >= 400:
+                    raise StreamRefused(response.status_code)
+                for line in response.iter_lines(decode_unicode=True):
+                    if time.monotonic() > stop_at:
+                        raise NodeError(f"{where}: timed out after {timeout:g} s")
+                    yield line
+        except requests.RequestException as exc:
+            raise NodeError(f"{where}: the stream failed ({type(exc).__name__})") from None
+
     def _send(self, session: requests.Session, method: str, url: str, timeout: float,
               limit: int, where: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         """One attempt, the body read within ``timeout`` in all (requests' own timeout is per
@@ -165,6 +191,14 @@ class RequestsHttpPort:
             with self._lock:
                 self._sessions.add(session)
         return session
+
+
+class StreamRefused(Exception):
+    """A streamed request was answered with an error status (nothing was read yet)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
 
 
 class _Retryable(Exception):

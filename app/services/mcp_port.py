@@ -17,6 +17,7 @@ import contextlib
 import json
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -103,8 +104,17 @@ class McpPort:
 
     @staticmethod
     def _run(coroutine, timeout: float, server_url: str):
-        try:
+        def run():
             return asyncio.run(asyncio.wait_for(coroutine, timeout))
+
+        try:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # no loop on this thread (a worker, a web request)
+                return run()
+            # called from inside an event loop: run ours on a thread of its own
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                return pool.submit(run).result()
         except NodeError:
             raise
         except TimeoutError:

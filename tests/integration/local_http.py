@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,15 @@ class Seen:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-cased names
     body: object  # parsed JSON, or None
+
+
+@dataclass
+class Stream:
+    """An answer sent a piece at a time (server-sent events), ``delay_s`` between pieces."""
+
+    pieces: list[bytes]
+    delay_s: float = 0.0
+    content_type: str = "text/event-stream"
 
 
 @dataclass
@@ -39,6 +49,17 @@ class LocalService:
                                json.loads(raw) if raw else None)
                 service.seen.append(request)
                 status, body = service.answer(request)
+                if isinstance(body, Stream):
+                    self.send_response(status)
+                    self.send_header("Content-Type", body.content_type)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    for piece in body.pieces:
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                        time.sleep(body.delay_s)
+                    self.close_connection = True
+                    return
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -6,19 +6,31 @@ stored history rows."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from sqlalchemy import select
 
 from app.db import db
 from app.models import AIHistory
-from tests.integration.local_http import LocalService
+from tests.integration.local_http import LocalService, Stream
 
 BEHAVIOUR: list = []  # what the server does next, per request: ("ok", text) | ("status", n)
 
 
+def _sse(data) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
 def _answer(seen):
     model = (seen.body or {}).get("model")
+    if (seen.body or {}).get("stream"):  # as OpenAI streams: deltas, then usage, then DONE
+        pieces = [_sse({"choices": [{"index": 0, "delta": {"content": p}}]})
+                  for p in ("Hel", "lo ", "Ann")]
+        pieces.append(_sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        pieces.append(_sse({"choices": [], "usage": {"prompt_tokens": 7,
+                                                     "completion_tokens": 3}}))
+        return 200, Stream([*pieces, b"data: [DONE]\n\n"], delay_s=0.15)
     step = BEHAVIOUR.pop(0) if BEHAVIOUR else ("ok", f"hello from {model}")
     if step[0] == "status":
         return step[1], {"error": {"message": f"failure {step[1]}"}}
@@ -185,3 +197,44 @@ def test_a_spent_daily_budget_fails_the_node_and_the_run_endpoint_answers_429(ap
         {"id": "start", "type": "trigger.manual"}], "connections": []}).get_json()
     assert api_client.post(f"/workflows/{plain['id']}/run", {"input": {}}).status_code == 202
     assert len(llm.seen) == 2
+
+
+def test_a_run_from_the_editor_streams_the_answer_to_its_socket(app, llm):
+    """The editor's runs stream: each piece of the answer reaches the run's WebSocket as it
+    comes, appended to the running node; the stored output is the whole answer."""
+    from app.services import executions, workflows
+    from tests.integration.test_live import Browser, HeldQueue, receive_all, serve
+
+    server, thread = serve(app)
+    host = f"127.0.0.1:{server.server_port}"
+    try:
+        alice = Browser(app)
+        credential = None
+        with app.app_context():
+            from app.models import User
+
+            user = db.session.scalar(select(User).where(User.email == alice.email))
+            flow = workflows.create(user, {"name": "Streamed", "nodes": [
+                {"id": "start", "type": "trigger.manual"},
+                {"id": "ask", "type": "ai.chat", "credential_id": credential,
+                 "params": {"provider": "local", "model": "small", "prompt": "Hi"}}],
+                "connections": [{"from": "start", "to": "ask"}]})
+            held = HeldQueue(app)
+            run, _new = executions.start_manual(user, flow.id, {}, stream_answers=True)
+        socket = alice.socket(host, f"/ws/executions/{run.id}")
+        socket.receive(timeout=5)  # the state first
+        held.release()
+        messages = receive_all(socket, lambda got: any(
+            "status-succeeded" in m and f'id="run-status-{run.id}"' in m for m in got))
+        pieces = [m for m in messages if f'beforeend:#stream-{run.id}-ask' in m]
+        text = "".join(re.sub(r"<[^>]+>", "", m).strip() for m in pieces)
+        assert text == "Hello Ann"
+        running = next(i for i, m in enumerate(messages)
+                       if f'id="stream-{run.id}-ask"' in m)
+        assert running < messages.index(pieces[0])  # the node's answer box came first
+        socket.close()
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    row = history()[-1]
+    assert row.assistant_message == "Hello Ann" and row.completion_tokens == 3

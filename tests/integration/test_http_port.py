@@ -304,8 +304,10 @@ def test_connection_refused_is_retried_then_an_error(port, sleeps):
     assert len(sleeps) == 2
 
 
-def test_credentials_are_not_available_yet(port, server):
-    with pytest.raises(NodeError, match="credentials are not available yet"):
+def test_the_process_wide_port_never_takes_a_credential_id(port, server):
+    """A run's port (credentials.HttpWithCredentials) resolves the credential; the shared
+    port refuses an unresolved id rather than send the request without it."""
+    with pytest.raises(NodeError, match="the credential was not resolved for this run"):
         call(port, at(server, "/echo/cred"), credential_id="c-1")
     assert server.hits["/echo/cred"] == 0
 

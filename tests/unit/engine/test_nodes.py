@@ -13,7 +13,8 @@ from tests.unit.engine.support import FakeHttp, chain, definition, edge, node, r
 EXPECTED_TYPES = [
     "trigger.manual", "trigger.schedule", "trigger.webhook", "logic.set", "logic.if",
     "logic.switch", "logic.filter", "logic.merge", "logic.split", "logic.wait", "logic.noop",
-    "http.request", "ai.chat", "integration.mcp"]
+    "http.request", "ai.chat", "integration.mcp", "integration.github.create_issue",
+    "integration.slack.post_message", "integration.google_sheets.append_row"]
 
 
 # --- the registry ---------------------------------------------------------------------------
