@@ -173,21 +173,30 @@ def test_a_run_streams_queued_running_nodes_succeeded_in_order(app, live):
         ws.close()
 
 
+def refused(connect) -> tuple[int | None, list]:
+    """Connect and wait for the close. Nothing may ever be received. A loaded machine
+    sometimes loses the close frame of a socket closed right after its handshake (the client
+    then reports 1005, "no status"); the code is then checked on a second connection."""
+    code, got = closed_with(connect())
+    assert got == []
+    if code == 1005:
+        code, got = closed_with(connect())
+        assert got == []
+    return code, got
+
+
 def test_another_users_socket_is_closed_with_1008_and_hears_nothing(app, live):
     alice, mallory = Browser(app), Browser(app)
     workflow_id = alice.api("POST", "/api/v1/workflows", three_nodes()).get_json()["id"]
     run_id = alice.api("POST", f"/api/v1/workflows/{workflow_id}/run",
                        {"input": {"n": 1}}).get_json()["execution_id"]
-    code, got = closed_with(mallory.socket(live, f"/ws/executions/{run_id}"))
-    assert code == 1008 and got == []
-    anonymous = simple_websocket.Client.connect(f"ws://{live}/ws/dashboard")
-    assert closed_with(anonymous) == (1008, [])
-    bogus = alice.socket(live, "/ws/executions/not-a-uuid")
-    assert closed_with(bogus) == (1008, [])
-    cross_site = simple_websocket.Client.connect(
+    assert refused(lambda: mallory.socket(live, f"/ws/executions/{run_id}")) == (1008, [])
+    assert refused(lambda: simple_websocket.Client.connect(
+        f"ws://{live}/ws/dashboard")) == (1008, [])
+    assert refused(lambda: alice.socket(live, "/ws/executions/not-a-uuid")) == (1008, [])
+    assert refused(lambda: simple_websocket.Client.connect(
         f"ws://{live}/ws/dashboard", headers={"Cookie": f"session={alice.cookie}",
-                                              "Origin": "http://evil.example"})
-    assert closed_with(cross_site) == (1008, [])
+                                              "Origin": "http://evil.example"})) == (1008, [])
     # The pages agree: another user's run is a 404, anonymous is sent to sign in.
     assert mallory.client.get(f"/executions/{run_id}").status_code == 404
     assert app.test_client().get("/executions").status_code == 302
