@@ -194,8 +194,7 @@ class AiForRun:
                 failures.append(f"{used_provider}/{used_model}: {exc}")
                 continue
             answer["fallback"] = (used_provider, used_model) != (provider, model)
-            node_id = idempotency_key.split(":")[1] if idempotency_key.count(":") >= 2 else None
-            self._remember(conversation_key, user_message, answer, messages, node_id)
+            self._remember(conversation_key, user_message, answer, messages, self._node_id)
             return answer
         raise NodeError("ai.chat: every model failed — " + "; ".join(failures))
 

@@ -25,7 +25,7 @@ from app.db import db
 from app.engine import NodeError
 from app.errors import NotFound, Problem, ValidationFailed
 from app.models import Credential, User, isoformat, utcnow
-from app.services import audit, vault
+from app.services import audit, owned, vault
 
 KINDS = ("api_key", "basic", "bearer")
 LABEL = "secret"
@@ -110,15 +110,7 @@ def create(user: User, data: Any) -> Credential:
 
 
 def get_owned(user_id: uuid.UUID, credential_id: uuid.UUID | str) -> Credential:
-    try:
-        key = credential_id if isinstance(credential_id, uuid.UUID) else uuid.UUID(
-            str(credential_id))
-    except ValueError:
-        raise NotFound("credential not found") from None
-    credential = db.session.get(Credential, key)
-    if credential is None or credential.user_id != user_id:
-        raise NotFound("credential not found")
-    return credential
+    return owned.get_owned(Credential, user_id, credential_id, "credential")
 
 
 def list_for(user: User) -> list[Credential]:

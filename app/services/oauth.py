@@ -35,7 +35,7 @@ from app.config import OAuthProvider
 from app.db import db
 from app.errors import NotFound, UpstreamFailed, ValidationFailed
 from app.models import Connection, User, isoformat, utcnow
-from app.services import audit, cache, vault
+from app.services import audit, cache, owned, vault
 
 log = logging.getLogger(__name__)
 
@@ -194,15 +194,7 @@ def _cache(connection: Connection) -> None:
 # --- using and ending ------------------------------------------------------------------------
 
 def get_owned(user_id: uuid.UUID, connection_id: Any) -> Connection:
-    try:
-        key = connection_id if isinstance(connection_id, uuid.UUID) else uuid.UUID(
-            str(connection_id))
-    except ValueError:
-        raise NotFound("connection not found") from None
-    connection = db.session.get(Connection, key)
-    if connection is None or connection.user_id != user_id:
-        raise NotFound("connection not found")
-    return connection
+    return owned.get_owned(Connection, user_id, connection_id, "connection")
 
 
 def list_for(user: User) -> list[Connection]:

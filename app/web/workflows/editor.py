@@ -135,9 +135,12 @@ def _answer(workflow_id: str, draft: drafts.Draft | None = None, *, status: int 
             notice: str | None = None, errors: list | None = None):
     if not request.headers.get("HX-Request"):
         return redirect(url_for("workflows.edit", workflow_id=workflow_id))
-    workflow, loaded = drafts.load(current_user, workflow_id)
+    if draft is None:
+        workflow, draft = drafts.load(current_user, workflow_id)
+    else:  # the action's own draft: only the workflow row is needed
+        workflow = workflows.get_owned(current_user.id, workflow_id)
     return render_template("workflows/_editor.html",
-                           **_context(workflow, draft or loaded, notice, errors)), status
+                           **_context(workflow, draft, notice, errors)), status
 
 
 def editing(view):
