@@ -222,6 +222,10 @@ def test_a_run_from_the_editor_streams_the_answer_to_its_socket(app, llm):
             run, _new = executions.start_manual(user, flow.id, {}, stream_answers=True)
         socket = alice.socket(host, f"/ws/executions/{run.id}")
         socket.receive(timeout=5)  # the state first
+        from app.live.hub import hub_for
+
+        # pieces are not replayed to a late subscriber: let the hub's subscription be live
+        assert hub_for(app).ready.wait(5)
         held.release()
         messages = receive_all(socket, lambda got: any(
             "status-succeeded" in m and f'id="run-status-{run.id}"' in m for m in got))
