@@ -154,6 +154,19 @@ class Settings:
     ai_provider_per_minute: int = 600
     ai_daily_tokens: int = 0  # per user; 0: no budget
     n8n_api_key: str | None = field(default=None, repr=False)
+    # Retention (the clock's daily, weekly and monthly jobs): ages in days after which rows are
+    # soft-deleted, how long soft-deleted rows are kept before the hard delete, how often each
+    # job runs, and how many rows one transaction touches.
+    retention_executions_days: int = 90
+    retention_ai_history_days: int = 30
+    retention_audit_days: int = 365
+    retention_purge_after_days: int = 30
+    retention_every_s: int = 86400
+    vacuum_every_s: int = 7 * 86400
+    purge_every_s: int = 30 * 86400
+    retention_batch: int = 1000
+    # LOG_FORMAT: json (one object per line, with request and execution ids) or text.
+    log_format: str = "json"
     testing: bool = False
 
     @property
@@ -255,6 +268,17 @@ def _instance_secret(instance_path: Path, name: str, make: callable) -> str:
     return value
 
 
+def _days(env: Mapping[str, str], name: str, default: int) -> int:
+    return parse_int(name, env.get(name, str(default)), minimum=1)
+
+
+def _log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"json", "text"}:
+        raise ConfigError(f"LOG_FORMAT: expected json or text, got {raw!r}")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings:
     """Build the settings from ``env`` (default ``os.environ``), then apply ``overrides``."""
     env = os.environ if env is None else env
@@ -342,6 +366,19 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
             "JOBSPRINT_AI_PROVIDER_PER_MINUTE", env.get("JOBSPRINT_AI_PROVIDER_PER_MINUTE", "600"),
             minimum=1),
         n8n_api_key=env.get("N8N_API_KEY") or None,
+        retention_executions_days=_days(env, "JOBSPRINT_RETENTION_EXECUTIONS_DAYS", 90),
+        retention_ai_history_days=_days(env, "JOBSPRINT_RETENTION_AI_HISTORY_DAYS", 30),
+        retention_audit_days=_days(env, "JOBSPRINT_RETENTION_AUDIT_DAYS", 365),
+        retention_purge_after_days=_days(env, "JOBSPRINT_RETENTION_PURGE_AFTER_DAYS", 30),
+        retention_every_s=parse_int("JOBSPRINT_RETENTION_EVERY_S",
+                                    env.get("JOBSPRINT_RETENTION_EVERY_S", "86400"), minimum=1),
+        vacuum_every_s=parse_int("JOBSPRINT_VACUUM_EVERY_S",
+                                 env.get("JOBSPRINT_VACUUM_EVERY_S", str(7 * 86400)), minimum=1),
+        purge_every_s=parse_int("JOBSPRINT_PURGE_EVERY_S",
+                                env.get("JOBSPRINT_PURGE_EVERY_S", str(30 * 86400)), minimum=1),
+        retention_batch=parse_int("JOBSPRINT_RETENTION_BATCH",
+                                  env.get("JOBSPRINT_RETENTION_BATCH", "1000"), minimum=1),
+        log_format=_log_format(env.get("LOG_FORMAT", "text" if embedded else "json")),
     )
     settings = replace(settings, **overrides) if overrides else settings
     if not settings.keks:
