@@ -8,10 +8,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from flask import Flask
 
-from app.services import executions, runs, schedules
+from app.db import db
+from app.models import utcnow
+from app.services import executions, maintenance, retention, runs, schedules
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +30,16 @@ def handler_for(app: Flask):
 @dataclass(frozen=True)
 class PeriodicJob:
     """One kind of the clock's periodic work: ``run()`` returns how much it did; it runs on
-    every tick, or at most every ``every_s`` seconds."""
+    every tick, or at most every ``every_s`` seconds (in this process's memory).
+
+    ``period_setting`` names the Settings field of a period that holds across every clock and
+    every restart (retention's daily, weekly, monthly jobs): a clock runs such a job only when
+    it claims it in ``maintenance_runs`` (app.services.maintenance)."""
 
     name: str
     run: Callable[[], int]
     every_s: float = 0.0
+    period_setting: str | None = None
 
 
 def _reap() -> int:
@@ -55,11 +63,25 @@ def _fire_schedules(batch: int = 100, most: int = 1000) -> int:
     return started
 
 
-# The clock's work, declared as data. Retention jobs (old executions, AI history, audit logs)
-# join here with their own period, e.g. PeriodicJob("retention", retention.purge, 3600).
+# The clock's work, declared as data.
 CLOCK_JOBS: tuple[PeriodicJob, ...] = (
     PeriodicJob("reaper", _reap),
     PeriodicJob("schedules", _fire_schedules),
+)
+
+# Retention ticks in a thread of its own (see ``clock_loop``): a weekly VACUUM or the first
+# purge of a big table may take minutes, which must not hold back the schedules and the reaper.
+# Every RETENTION_CHECK_S each clock claims whichever of these are due across all clocks.
+RETENTION_CHECK_S = 60.0
+RETENTION_JOBS: tuple[PeriodicJob, ...] = (
+    PeriodicJob("retention.executions", retention.soft_delete_executions,
+                period_setting="retention_every_s"),
+    PeriodicJob("retention.ai_history", retention.soft_delete_ai_history,
+                period_setting="retention_every_s"),
+    PeriodicJob("retention.audit_logs", retention.soft_delete_audit_logs,
+                period_setting="retention_every_s"),
+    PeriodicJob("retention.purge", retention.purge, period_setting="purge_every_s"),
+    PeriodicJob("retention.vacuum", retention.vacuum, period_setting="vacuum_every_s"),
 )
 
 
@@ -72,25 +94,43 @@ class Clock:
         self.jobs = jobs
         self.last_run: dict[str, float] = {}
 
-    def tick(self) -> dict[str, int]:
-        """One pass; returns how much each job that ran (and did not fail) did."""
-        from app.db import db
-
+    def tick(self, now: datetime | None = None) -> dict[str, int]:
+        """One pass; returns how much each job that ran (and did not fail) did. ``now``
+        (default: the time) is when the pass claims the jobs with a shared period."""
         done = {}
         with self.app.app_context():
             for job in self.jobs:
-                now = time.monotonic()
+                started = time.monotonic()
                 last = self.last_run.get(job.name)
-                if job.every_s and last is not None and now - last < job.every_s:
+                if job.every_s and last is not None and started - last < job.every_s:
                     continue
-                self.last_run[job.name] = now
+                self.last_run[job.name] = started
                 try:
-                    done[job.name] = job.run()
+                    count = self._run(job, now or utcnow())
                 except Exception:  # noqa: BLE001 - the other jobs and later ticks go on
                     log.exception("clock job %s failed", job.name)
+                else:
+                    if count is not None:
+                        done[job.name] = count
                 finally:
                     db.remove()
         return done
+
+    def _run(self, job: PeriodicJob, now: datetime) -> int | None:
+        """The job's count, or None when it is not due (another clock has this period's run)."""
+        if job.period_setting is None:
+            return job.run()
+        period_s = getattr(self.app.config["SETTINGS"], job.period_setting)
+        if not maintenance.claim(job.name, period_s, now):
+            return None
+        try:
+            count = job.run()
+        except Exception:
+            db.remove()  # the failed job's transaction, then free the claim for a retry
+            maintenance.release(job.name, now)
+            raise
+        maintenance.finish(job.name, now)
+        return count
 
 
 def clock_tick(app: Flask) -> dict[str, int]:
@@ -98,14 +138,24 @@ def clock_tick(app: Flask) -> dict[str, int]:
     return Clock(app).tick()
 
 
-def clock_loop(app: Flask, stop: threading.Event) -> None:
-    interval = app.config["SETTINGS"].clock_interval_s
-    clock = Clock(app)
-    while not stop.wait(interval):
+def _tick_every(clock: Clock, interval_s: float, stop: threading.Event) -> None:
+    while not stop.wait(interval_s):
         try:
             clock.tick()
         except Exception:  # noqa: BLE001 - the clock must outlive a failing tick
             log.exception("clock tick failed")
+
+
+def clock_loop(app: Flask, stop: threading.Event) -> None:
+    """The clock until ``stop`` is set: CLOCK_JOBS every ``clock_interval_s``, and
+    RETENTION_JOBS in a thread of their own. A retention batch cut short by the process's end
+    is rolled back whole, and its claim expires (``maintenance.LEASE``)."""
+    retention_thread = threading.Thread(
+        target=_tick_every, args=(Clock(app, RETENTION_JOBS), RETENTION_CHECK_S, stop),
+        name="retention", daemon=True)
+    retention_thread.start()
+    _tick_every(Clock(app), app.config["SETTINGS"].clock_interval_s, stop)
+    retention_thread.join(10)
 
 
 def start_in_process(app: Flask) -> threading.Event:

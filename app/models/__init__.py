@@ -11,13 +11,14 @@ from app.models.execution import (
     ExecutionNode,
     IdempotencyKey,
 )
+from app.models.maintenance import MaintenanceRun
 from app.models.trigger import Schedule, TriggerEvent, Webhook, WebhookLink
 from app.models.user import User
 from app.models.workflow import Workflow, WorkflowVersion
 
 __all__ = [
     "AIHistory", "AuditLog", "Base", "Connection", "Credential", "Execution", "ExecutionNode",
-    "FINAL_STATES", "IdempotencyKey", "PromptTemplate", "RUN_STATES", "Schedule",
-    "TriggerEvent", "User", "Webhook", "WebhookLink", "Workflow", "WorkflowVersion",
+    "FINAL_STATES", "IdempotencyKey", "MaintenanceRun", "PromptTemplate", "RUN_STATES",
+    "Schedule", "TriggerEvent", "User", "Webhook", "WebhookLink", "Workflow", "WorkflowVersion",
     "isoformat", "utcnow",
 ]

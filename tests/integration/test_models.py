@@ -23,7 +23,7 @@ from app.models import (
 TABLES = {"users", "workflows", "workflow_versions", "webhooks", "webhook_links",
           "trigger_events", "schedules", "executions", "execution_nodes",
           "idempotency_keys", "credentials", "connections", "prompt_templates", "ai_history",
-          "audit_logs"}
+          "audit_logs", "maintenance_runs"}
 
 
 def test_migrations_create_every_table_and_are_current(app):
