@@ -51,6 +51,7 @@ from app.models import (
 )
 from app.services import audit, cache, intake, vault, workflows
 from app.services.intake import counter_key  # noqa: F401 - part of this module's API
+from app.services.storable import nul_paths
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +388,7 @@ def _reject_constant(name: str) -> None:
 
 def parse_body(body: bytes) -> Any:
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        parsed = json.loads(body, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise ValidationFailed("the body is not valid JSON", [
             Problem("body", f"{exc.msg} at line {exc.lineno} column {exc.colno}")]) from None
@@ -397,6 +398,12 @@ def parse_body(body: bytes) -> Any:
         message = str(exc)
     except RecursionError:
         message = "nests too deeply"
+    else:
+        if nul := nul_paths(parsed):
+            raise ValidationFailed("the body holds NUL characters, which cannot be stored", [
+                Problem(f"body.{path}" if path != "body" else path,
+                        "must not contain NUL characters") for path in nul])
+        return parsed
     raise ValidationFailed("the body is not valid JSON", [Problem("body", message)])
 
 

@@ -433,6 +433,16 @@ def test_a_body_that_is_not_json_is_a_415(client, hook):
     assert answer.get_json()["error"]["code"] == "unsupported_media_type"
 
 
+def test_a_nul_character_is_a_400_saying_where_and_stores_nothing(client, hook):
+    """PostgreSQL's jsonb cannot hold \\u0000: refused up front, not a 500 at commit."""
+    _workflow_id, path, secret = hook
+    data = b'{"order_id": 1, "notes": ["ok", "a\\u0000b"]}'
+    answer = deliver(client, path, data, signing.jobsprint(secret, data))
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["details"][0]["path"] == "body.notes.1"
+    assert executions_count() == 0
+
+
 def test_invalid_json_is_a_400_saying_where(client, hook):
     _workflow_id, path, secret = hook
     data = b'{"order_id": 1,\n "amount": }'

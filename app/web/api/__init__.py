@@ -9,6 +9,7 @@ from app.web.api import (  # noqa: E402,F401
     credentials,
     executions,
     guard,
+    openapi,
     prompt_templates,
     webhooks,
     workflows,

@@ -6,6 +6,8 @@ from app.extensions import limiter
 from app.models import isoformat
 from app.services import accounts, tokens
 from app.web.api import bp
+from app.web.api import contract as c
+from app.web.api.contract import operation
 from app.web.api.guard import json_object, string_field
 from app.web.security import client_addr
 
@@ -23,6 +25,8 @@ def _failed(response) -> bool:
 
 
 @bp.post("/auth/register")
+@operation("Create an account and get a token", tag="auth", body=c.RegisterIn,
+           responses={201: c.Registered}, errors=(400, 409, 429), public=True)
 @limiter.limit(_register_limit, deduct_when=_failed)
 def register():
     body = json_object()
@@ -33,6 +37,8 @@ def register():
 
 
 @bp.post("/auth/token")
+@operation("Exchange email and password for a bearer token", tag="auth", body=c.RegisterIn,
+           responses={200: c.TokenOut}, errors=(400, 401, 429), public=True)
 @limiter.limit(_login_limit, deduct_when=_failed)
 def token():
     body = json_object()
@@ -43,11 +49,13 @@ def token():
 
 
 @bp.post("/auth/logout")
+@operation("Revoke this token", tag="auth", responses={204: None})
 def logout():
     accounts.logout(g.user, token_id=g.token_id, client_addr=client_addr())
     return "", 204
 
 
 @bp.get("/me")
+@operation("The signed-in user", tag="auth", responses={200: c.UserOut})
 def me():
     return jsonify(id=str(g.user.id), email=g.user.email)

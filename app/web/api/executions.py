@@ -6,10 +6,16 @@ from app.errors import RateLimited
 from app.services import ai, executions, workflows
 from app.services.pagination import parse_limit
 from app.web.api import bp
+from app.web.api import contract as c
+from app.web.api.contract import operation
 from app.web.api.guard import json_object
 
 
 @bp.post("/workflows/<workflow_id>/run")
+@operation("Start a run by hand", tag="executions", body=c.RunIn, body_required=False,
+           responses={202: c.RunAccepted}, errors=(422,),
+           headers={"Idempotency-Key": "Repeat a request safely: the same key answers with "
+                                       "the first run"})
 def run_workflow(workflow_id: str):
     body = json_object() if request.content_length else {}
     workflow = workflows.get_owned(g.user.id, workflow_id)
@@ -25,6 +31,8 @@ def run_workflow(workflow_id: str):
 
 
 @bp.get("/executions")
+@operation("List your runs (newest first)", tag="executions", query=c.ExecutionQuery,
+           responses={200: c.ExecutionPage}, errors=(404,))
 def list_executions():
     rows, next_cursor = executions.list_page(
         g.user, workflow_id=request.args.get("workflow_id"), status=request.args.get("status"),
@@ -34,16 +42,21 @@ def list_executions():
 
 
 @bp.get("/executions/<execution_id>")
+@operation("One run with its nodes", tag="executions", responses={200: c.ExecutionOut})
 def get_execution(execution_id: str):
     return jsonify(executions.as_api(executions.get_owned(g.user.id, execution_id)))
 
 
 @bp.post("/executions/<execution_id>/cancel")
+@operation("Cancel a run (a running one stops between two nodes)", tag="executions",
+           responses={200: c.ExecutionOut}, errors=(409,))
 def cancel_execution(execution_id: str):
     return jsonify(executions.as_api(executions.cancel(g.user, execution_id)))
 
 
 @bp.post("/executions/<execution_id>/retry")
+@operation("Run a failed or cancelled run again", tag="executions",
+           responses={202: c.RunAccepted}, errors=(409,))
 def retry_execution(execution_id: str):
     execution = executions.retry(g.user, execution_id)
     return jsonify(execution_id=str(execution.id), status=execution.status), 202

@@ -14,7 +14,7 @@ from app.extensions import csrf, limiter
 from app.services import accounts, tokens
 from app.web.api import bp
 
-PUBLIC_ENDPOINTS = {"api.register", "api.token"}
+PUBLIC_ENDPOINTS = {"api.register", "api.token", "api.openapi_document"}
 
 csrf.exempt(bp)  # no cookies are accepted here, only Authorization: Bearer
 
