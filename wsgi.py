@@ -9,6 +9,11 @@ from app.config import ConfigError
 try:
     app = create_app()
 except ConfigError as exc:
+    from app import check_config
+
+    # The flask command needs the app to find its commands; this one must work without it.
+    if check_config.requested(sys.argv):
+        sys.exit(check_config.main())
     sys.exit(f"jobsprint: cannot start: {exc}")
 
 # Everything loaded so far (modules, mappers, templates) lives as long as the process: move it

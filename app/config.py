@@ -13,9 +13,12 @@ import binascii
 import hashlib
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,40 +72,38 @@ OAUTH_BUILTINS: dict[str, dict] = {
 }
 
 
-def parse_oauth_providers(env: Mapping[str, str]) -> tuple[OAuthProvider, ...]:
-    """Each provider whose ``JOBSPRINT_OAUTH_<NAME>_CLIENT_ID`` and ``…_CLIENT_SECRET`` are
-    set; ``…_AUTHORIZE_URL``, ``…_TOKEN_URL``, ``…_USERINFO_URL``, ``…_REVOKE_URL``,
-    ``…_SCOPES`` and ``…_LABEL`` override the built-in values (and are required for
-    ``generic``)."""
-    found = []
-    for name, builtin in OAUTH_BUILTINS.items():
-        prefix = f"JOBSPRINT_OAUTH_{name.upper()}_"
-        client_id, secret = env.get(prefix + "CLIENT_ID"), env.get(prefix + "CLIENT_SECRET")
-        if not client_id or not secret:
-            continue
-        values = dict(builtin)
-        for key in ("authorize_url", "token_url", "userinfo_url", "revoke_url", "scopes",
-                    "label"):
-            if env.get(prefix + key.upper()):
-                values[key] = env[prefix + key.upper()]
-        missing = [key for key in ("authorize_url", "token_url", "userinfo_url")
-                   if not values[key]]
-        if missing:
-            raise ConfigError(f"{prefix}{missing[0].upper()}: required for the {name} "
-                              "provider")
-        found.append(OAuthProvider(name=name, client_id=client_id, client_secret=secret,
-                                   **values))
-    return tuple(found)
+def parse_oauth_provider(env: Mapping[str, str], name: str) -> OAuthProvider | None:
+    """The provider ``name`` when its ``JOBSPRINT_OAUTH_<NAME>_CLIENT_ID`` and ``…_CLIENT_SECRET``
+    are set (one without the other is an error); ``…_AUTHORIZE_URL``, ``…_TOKEN_URL``,
+    ``…_USERINFO_URL``, ``…_REVOKE_URL``, ``…_SCOPES`` and ``…_LABEL`` override the built-in
+    values (and are required for ``generic``)."""
+    prefix = f"JOBSPRINT_OAUTH_{name.upper()}_"
+    client_id = env.get(prefix + "CLIENT_ID", "").strip()
+    secret = env.get(prefix + "CLIENT_SECRET", "").strip()
+    if not client_id and not secret:
+        return None
+    if not client_id or not secret:
+        lacking = "CLIENT_SECRET" if client_id else "CLIENT_ID"
+        raise ConfigError(f"{prefix}{lacking}: required with {prefix}"
+                          f"{'CLIENT_ID' if client_id else 'CLIENT_SECRET'}")
+    values = dict(OAUTH_BUILTINS[name])
+    for key in ("authorize_url", "token_url", "userinfo_url", "revoke_url", "scopes", "label"):
+        if env.get(prefix + key.upper()):
+            values[key] = env[prefix + key.upper()]
+    missing = [key for key in ("authorize_url", "token_url", "userinfo_url") if not values[key]]
+    if missing:
+        raise ConfigError(f"{prefix}{missing[0].upper()}: required for the {name} provider")
+    return OAuthProvider(name=name, client_id=client_id, client_secret=secret, **values)
 
 
-def parse_ai_providers(raw: str) -> tuple[tuple[str, str], ...]:
+def parse_ai_providers(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     """``name=base_url,name=base_url`` (OpenAI-compatible chat-completions APIs)."""
     found = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
-        name, sep, url = item.partition("=")
-        if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
-            raise ConfigError(f"JOBSPRINT_AI_PROVIDERS: {item!r} is not name=http(s)://…")
-        found.append((name.strip(), url.strip().rstrip("/")))
+        provider, sep, url = item.partition("=")
+        if not sep or not provider.strip() or not url.strip().startswith(("http://", "https://")):
+            raise ConfigError(f"{name}: {item!r} is not name=http(s)://…")
+        found.append((provider.strip(), url.strip().rstrip("/")))
     return tuple(found)
 
 
@@ -175,18 +176,25 @@ class Settings:
 
     def describe(self) -> list[tuple[str, str]]:
         """Every setting with its value, secrets masked (for check-config and start-up logs)."""
-        masked = {"secret_key", "keks", "n8n_api_key"}
         rows = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in masked:
-                shown = "set (hidden)"
-                if f.name == "keks":
-                    shown = "ids " + ", ".join(k.id for k in value)
+            if f.name == "keks":
+                shown = "ids " + ", ".join(k.id for k in value) if value else "(not set)"
+            elif f.name in {"secret_key", "n8n_api_key"}:
+                shown = "set (hidden)" if value else "(not set)"
             elif f.name in {"database_url", "redis_url", "queue_url", "rate_limit_storage_url"}:
                 shown = redact_url(value) if value else "(embedded)"
+            elif f.name == "oauth_providers":  # their client secrets stay out of sight
+                shown = ", ".join(p.name for p in value) or "(none)"
+            elif f.name == "ai_providers":
+                shown = ", ".join(f"{name}={url}" for name, url in value) or "(none)"
+            elif f.name == "http_allow":
+                shown = ", ".join(value) or "(none)"
+            elif value is None:
+                shown = "(not set)"
             else:
-                shown = str(value)
+                shown = redact_url(value) if f.name == "n8n_api_url" else str(value)
             rows.append((f.name, shown))
         return rows
 
@@ -205,7 +213,7 @@ def parse_boolean(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
         return True
-    if value in {"0", "false", "no", "off", ""}:
+    if value in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"{name}: expected true or false, got {raw!r}")
 
@@ -255,35 +263,130 @@ def parse_keks(raw: str) -> tuple[KeyEncryptionKey, ...]:
     return tuple(keks)
 
 
-def _instance_secret(instance_path: Path, name: str, make: callable) -> str:
-    """Read a secret the embedded default generated on first start, or make it now."""
-    path = instance_path / name
-    if path.exists():
-        return path.read_text().strip()
-    instance_path.mkdir(parents=True, exist_ok=True)
-    value = make()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value)
+def parse_http_url(name: str, raw: str) -> str:
+    """An http(s) address, without its trailing slash."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name}: expected an http:// or https:// URL, got "
+                          f"{redact_url(raw)!r}")
+    return raw.rstrip("/")
+
+
+def parse_rate_limit(name: str, raw: str) -> str:
+    """A limit as Flask-Limiter reads it: ``600 per minute``, or several: ``10/minute;100/hour``.
+    Checked here so that a typo stops start-up instead of failing every request."""
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a rate limit like '600 per minute'") from None
+    return raw
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_log_level(name: str, raw: str) -> str:
+    value = raw.upper()
+    if value not in LOG_LEVELS:
+        raise ConfigError(f"{name}: expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
     return value
 
 
-def _days(env: Mapping[str, str], name: str, default: int) -> int:
-    return parse_int(name, env.get(name, str(default)), minimum=1)
-
-
-def _log_format(raw: str) -> str:
+def parse_log_format(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in {"json", "text"}:
-        raise ConfigError(f"LOG_FORMAT: expected json or text, got {raw!r}")
+        raise ConfigError(f"{name}: expected json or text, got {raw!r}")
     return value
 
 
-def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings:
-    """Build the settings from ``env`` (default ``os.environ``), then apply ``overrides``."""
+def parse_allow_list(name: str, raw: str) -> tuple[str, ...]:
+    """Hosts and CIDRs, comma-separated, checked by the parser the http nodes use."""
+    from app.services.ssrf import AllowList
+
+    entries = tuple(filter(None, (h.strip() for h in raw.split(","))))
+    AllowList.parse(entries)
+    return entries
+
+
+def _service_url(schemes: tuple[str, ...], expected: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        if not raw.startswith(schemes):
+            raise ConfigError(f"{name}: must be {expected}")
+        return raw
+
+    return parse
+
+
+def _text(_name: str, raw: str) -> str:
+    return raw
+
+
+def _instance_secret(instance_path: Path, name: str, make: Callable[[], str]) -> str:
+    """Read a secret the embedded default generated on first start, or make it now."""
+    path = instance_path / name
+    try:
+        if path.exists():
+            return path.read_text().strip()
+        instance_path.mkdir(parents=True, exist_ok=True)
+        value = make()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value)
+    except OSError as exc:
+        raise ConfigError(f"JOBSPRINT_INSTANCE_PATH: cannot keep the generated {name} in "
+                          f"{instance_path} ({exc.strerror})") from None
+    return value
+
+
+class _Reader:
+    """Reads settings from the environment and collects every problem instead of stopping at
+    the first: a malformed value is noted and its setting keeps its default, so one pass both
+    lists all that is wrong and has a value to show for each setting. An empty variable counts
+    as unset."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.values: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}
+        self.problems: list[tuple[str, str]] = []  # (setting, message naming the variable)
+
+    def get(self, setting: str, var: str) -> str:
+        """The raw value of ``var``, which ``setting`` is made from."""
+        self.sources[setting] = var
+        return self.env.get(var, "").strip()
+
+    def read(self, setting: str, var: str, parse: Callable[[str, str], Any] = _text) -> None:
+        if raw := self.get(setting, var):
+            try:
+                self.values[setting] = parse(var, raw)
+            except ConfigError as exc:
+                self.problem(setting, str(exc))
+
+    def problem(self, setting: str, message: str) -> None:
+        self.problems.append((setting, message))
+
+
+@dataclass(frozen=True)
+class SettingsCheck:
+    """What reading the environment found: the settings (each malformed one at its default),
+    the variable each setting comes from, and every problem, in the order of the settings."""
+
+    settings: Settings
+    sources: dict[str, str]
+    problems: list[str]
+    invalid: frozenset[str]  # the settings a problem names
+
+
+def read_settings(env: Mapping[str, str] | None = None, **overrides) -> SettingsCheck:
+    """Read every setting from ``env`` (default ``os.environ``), then apply ``overrides``;
+    problems with an overridden setting do not count."""
     env = os.environ if env is None else env
-    instance_path = Path(env.get("JOBSPRINT_INSTANCE_PATH") or PROJECT_ROOT / "instance")
-    database_url = env.get("DATABASE_URL", "").strip()
+    r = _Reader(env)
+    instance_path = Path(r.get("instance_path", "JOBSPRINT_INSTANCE_PATH")
+                         or PROJECT_ROOT / "instance")
+    database_url = r.get("database_url", "DATABASE_URL")
     embedded = not database_url
     if embedded:
         database_url = f"sqlite:///{instance_path / 'jobsprint.db'}"
@@ -293,94 +396,98 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
     elif database_url.startswith("postgresql://"):
         database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
     if not database_url.startswith(("sqlite:///", "postgresql+psycopg://")):
-        raise ConfigError("DATABASE_URL: must be a postgresql:// or sqlite:/// URL")
+        r.problem("database_url", "DATABASE_URL: must be a postgresql:// or sqlite:/// URL")
 
-    secret_key = env.get("SECRET_KEY", "").strip()
-    kek_raw = env.get("JOBSPRINT_KEK", "").strip()
+    secret_key, kek_raw = r.get("secret_key", "SECRET_KEY"), r.get("keks", "JOBSPRINT_KEK")
     if embedded:
-        secret_key = secret_key or _instance_secret(
-            instance_path, "secret_key", lambda: secrets.token_urlsafe(48)
-        )
-        kek_raw = kek_raw or _instance_secret(
-            instance_path, "kek", lambda: base64.b64encode(secrets.token_bytes(32)).decode()
-        )
-    if not secret_key and "secret_key" not in overrides:
-        raise ConfigError("SECRET_KEY: required when DATABASE_URL is set (production)")
+        try:
+            secret_key = secret_key or _instance_secret(
+                instance_path, "secret_key", lambda: secrets.token_urlsafe(48))
+            kek_raw = kek_raw or _instance_secret(
+                instance_path, "kek", lambda: base64.b64encode(secrets.token_bytes(32)).decode())
+        except ConfigError as exc:
+            r.problem("secret_key", str(exc))
     if secret_key and len(secret_key) < 32:
-        raise ConfigError("SECRET_KEY: must be at least 32 characters")
-    if not kek_raw and "keks" not in overrides:
-        raise ConfigError("JOBSPRINT_KEK: required when DATABASE_URL is set (production)")
+        r.problem("secret_key", "SECRET_KEY: must be at least 32 characters")
+    keks: tuple[KeyEncryptionKey, ...] = ()
+    if kek_raw:
+        try:
+            keks = parse_keks(kek_raw)
+        except ConfigError as exc:
+            r.problem("keks", str(exc))
 
-    redis_url = env.get("REDIS_URL", "").strip() or None
-    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("REDIS_URL: must be a redis:// or rediss:// URL")
-    queue_url = env.get("QUEUE_URL", "").strip() or None
-    if queue_url and not queue_url.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
-        raise ConfigError("QUEUE_URL: must be a redis:// (RQ) or amqp:// (RabbitMQ) URL")
+    r.read("redis_url", "REDIS_URL", _service_url(("redis://", "rediss://", "unix://"),
+                                                  "a redis:// or rediss:// URL"))
+    r.read("queue_url", "QUEUE_URL", _service_url(("redis://", "rediss://", "amqp://", "amqps://"),
+                                                  "a redis:// (RQ) or amqp:// (RabbitMQ) URL"))
+    r.values.setdefault("redis_url", None)
+    r.values.setdefault("queue_url", None)
+    # Defaults that depend on the mode; a variable that is set overrides them.
+    r.values.update(secure_cookies=not embedded, log_format="text" if embedded else "json")
+    r.read("base_url", "JOBSPRINT_BASE_URL", parse_http_url)
+    r.read("bcrypt_rounds", "JOBSPRINT_BCRYPT_ROUNDS", partial(parse_int, minimum=4))
+    r.read("api_rate_limit", "JOBSPRINT_API_RATE_LIMIT", parse_rate_limit)
+    r.read("login_rate_limit", "JOBSPRINT_LOGIN_RATE_LIMIT", parse_rate_limit)
+    r.read("register_rate_limit", "JOBSPRINT_REGISTER_RATE_LIMIT", parse_rate_limit)
+    r.read("log_level", "LOG_LEVEL", parse_log_level)
+    r.read("secure_cookies", "JOBSPRINT_SECURE_COOKIES", parse_boolean)
+    r.read("worker_threads", "JOBSPRINT_WORKER_THREADS", partial(parse_int, minimum=1))
+    r.read("clock_interval_s", "JOBSPRINT_CLOCK_INTERVAL_S", parse_float)
+    r.read("run_lease_s", "JOBSPRINT_RUN_LEASE_S", parse_float)
+    r.read("queue_name", "JOBSPRINT_QUEUE_NAME")
+    r.read("http_allow", "JOBSPRINT_HTTP_ALLOW", parse_allow_list)
+    r.read("allow_unsigned_webhooks", "JOBSPRINT_ALLOW_UNSIGNED_WEBHOOKS", parse_boolean)
+    r.read("webhook_body_limit", "JOBSPRINT_WEBHOOK_MAX_BYTES", partial(parse_int, minimum=1))
+    r.read("webhook_rotation_grace_s", "JOBSPRINT_WEBHOOK_ROTATION_GRACE_S", parse_int)
+    r.read("n8n_api_url", "N8N_API_URL", parse_http_url)
+    r.read("n8n_api_key", "N8N_API_KEY")
+    providers = []
+    for name in OAUTH_BUILTINS:
+        try:
+            if provider := parse_oauth_provider(env, name):
+                providers.append(provider)
+        except ConfigError as exc:
+            r.problem("oauth_providers", str(exc))
+    r.values["oauth_providers"] = tuple(providers)
+    r.sources["oauth_providers"] = "JOBSPRINT_OAUTH_<APP>_*"
+    r.read("ai_providers", "JOBSPRINT_AI_PROVIDERS", parse_ai_providers)
+    r.read("ai_daily_tokens", "JOBSPRINT_AI_DAILY_TOKENS", parse_int)
+    r.read("ai_user_per_minute", "JOBSPRINT_AI_USER_PER_MINUTE", partial(parse_int, minimum=1))
+    r.read("ai_provider_per_minute", "JOBSPRINT_AI_PROVIDER_PER_MINUTE",
+           partial(parse_int, minimum=1))
+    days = partial(parse_int, minimum=1)
+    r.read("retention_executions_days", "JOBSPRINT_RETENTION_EXECUTIONS_DAYS", days)
+    r.read("retention_ai_history_days", "JOBSPRINT_RETENTION_AI_HISTORY_DAYS", days)
+    r.read("retention_audit_days", "JOBSPRINT_RETENTION_AUDIT_DAYS", days)
+    r.read("retention_purge_after_days", "JOBSPRINT_RETENTION_PURGE_AFTER_DAYS", days)
+    r.read("retention_every_s", "JOBSPRINT_RETENTION_EVERY_S", partial(parse_int, minimum=1))
+    r.read("vacuum_every_s", "JOBSPRINT_VACUUM_EVERY_S", partial(parse_int, minimum=1))
+    r.read("purge_every_s", "JOBSPRINT_PURGE_EVERY_S", partial(parse_int, minimum=1))
+    r.read("retention_batch", "JOBSPRINT_RETENTION_BATCH", partial(parse_int, minimum=1))
+    r.read("log_format", "LOG_FORMAT", parse_log_format)
 
     settings = Settings(
-        database_url=database_url,
-        redis_url=redis_url,
-        queue_url=queue_url,
-        secret_key=secret_key,
-        keks=parse_keks(kek_raw) if kek_raw else (),
-        instance_path=instance_path,
-        embedded=embedded,
-        base_url=env.get("JOBSPRINT_BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
-        bcrypt_rounds=parse_int("JOBSPRINT_BCRYPT_ROUNDS", env.get("JOBSPRINT_BCRYPT_ROUNDS", "10"),
-                                minimum=4),
-        api_rate_limit=env.get("JOBSPRINT_API_RATE_LIMIT", "600 per minute"),
-        login_rate_limit=env.get("JOBSPRINT_LOGIN_RATE_LIMIT", "10 per minute"),
-        register_rate_limit=env.get("JOBSPRINT_REGISTER_RATE_LIMIT", "30 per hour"),
-        rate_limit_storage_url=redis_url or "memory://",
-        log_level=env.get("LOG_LEVEL", "INFO").upper(),
-        secure_cookies=parse_boolean("JOBSPRINT_SECURE_COOKIES",
-                                     env.get("JOBSPRINT_SECURE_COOKIES", str(not embedded))),
-        worker_threads=parse_int("JOBSPRINT_WORKER_THREADS",
-                                 env.get("JOBSPRINT_WORKER_THREADS", "4"), minimum=1),
-        inline_workers=queue_url is None,
-        clock_interval_s=parse_float("JOBSPRINT_CLOCK_INTERVAL_S",
-                                     env.get("JOBSPRINT_CLOCK_INTERVAL_S", "1")),
-        run_lease_s=parse_float("JOBSPRINT_RUN_LEASE_S", env.get("JOBSPRINT_RUN_LEASE_S", "60")),
-        queue_name=env.get("JOBSPRINT_QUEUE_NAME", "jobsprint.runs").strip() or "jobsprint.runs",
-        http_allow=tuple(filter(None, (h.strip() for h in
-                                       env.get("JOBSPRINT_HTTP_ALLOW", "").split(",")))),
-        allow_unsigned_webhooks=parse_boolean(
-            "JOBSPRINT_ALLOW_UNSIGNED_WEBHOOKS",
-            env.get("JOBSPRINT_ALLOW_UNSIGNED_WEBHOOKS", "false")),
-        webhook_body_limit=parse_int("JOBSPRINT_WEBHOOK_MAX_BYTES",
-                                     env.get("JOBSPRINT_WEBHOOK_MAX_BYTES", "1048576"),
-                                     minimum=1),
-        webhook_rotation_grace_s=parse_int(
-            "JOBSPRINT_WEBHOOK_ROTATION_GRACE_S",
-            env.get("JOBSPRINT_WEBHOOK_ROTATION_GRACE_S", "86400")),
-        n8n_api_url=(env.get("N8N_API_URL") or "").rstrip("/") or None,
-        oauth_providers=parse_oauth_providers(env),
-        **({"ai_providers": parse_ai_providers(env["JOBSPRINT_AI_PROVIDERS"])}
-           if env.get("JOBSPRINT_AI_PROVIDERS") else {}),
-        ai_daily_tokens=parse_int("JOBSPRINT_AI_DAILY_TOKENS",
-                                  env.get("JOBSPRINT_AI_DAILY_TOKENS", "0"), minimum=0),
-        ai_user_per_minute=parse_int("JOBSPRINT_AI_USER_PER_MINUTE",
-                                     env.get("JOBSPRINT_AI_USER_PER_MINUTE", "60"), minimum=1),
-        ai_provider_per_minute=parse_int(
-            "JOBSPRINT_AI_PROVIDER_PER_MINUTE", env.get("JOBSPRINT_AI_PROVIDER_PER_MINUTE", "600"),
-            minimum=1),
-        n8n_api_key=env.get("N8N_API_KEY") or None,
-        retention_executions_days=_days(env, "JOBSPRINT_RETENTION_EXECUTIONS_DAYS", 90),
-        retention_ai_history_days=_days(env, "JOBSPRINT_RETENTION_AI_HISTORY_DAYS", 30),
-        retention_audit_days=_days(env, "JOBSPRINT_RETENTION_AUDIT_DAYS", 365),
-        retention_purge_after_days=_days(env, "JOBSPRINT_RETENTION_PURGE_AFTER_DAYS", 30),
-        retention_every_s=parse_int("JOBSPRINT_RETENTION_EVERY_S",
-                                    env.get("JOBSPRINT_RETENTION_EVERY_S", "86400"), minimum=1),
-        vacuum_every_s=parse_int("JOBSPRINT_VACUUM_EVERY_S",
-                                 env.get("JOBSPRINT_VACUUM_EVERY_S", str(7 * 86400)), minimum=1),
-        purge_every_s=parse_int("JOBSPRINT_PURGE_EVERY_S",
-                                env.get("JOBSPRINT_PURGE_EVERY_S", str(30 * 86400)), minimum=1),
-        retention_batch=parse_int("JOBSPRINT_RETENTION_BATCH",
-                                  env.get("JOBSPRINT_RETENTION_BATCH", "1000"), minimum=1),
-        log_format=_log_format(env.get("LOG_FORMAT", "text" if embedded else "json")),
-    )
+        database_url=database_url, secret_key=secret_key, keks=keks,
+        instance_path=instance_path, embedded=embedded,
+        rate_limit_storage_url=r.values["redis_url"] or "memory://",
+        inline_workers=r.values["queue_url"] is None, **r.values)
     settings = replace(settings, **overrides) if overrides else settings
-    if not settings.keks:
-        raise ConfigError("JOBSPRINT_KEK: required when DATABASE_URL is set (production)")
-    return settings
+    if not embedded and not settings.secret_key:
+        r.problem("secret_key", "SECRET_KEY: required when DATABASE_URL is set (production)")
+    if not embedded and not settings.keks:
+        r.problem("keks", "JOBSPRINT_KEK: required when DATABASE_URL is set (production)")
+    order = {f.name: position for position, f in enumerate(fields(Settings))}
+    problems = sorted((p for p in r.problems if p[0] not in overrides),
+                      key=lambda p: order[p[0]])
+    return SettingsCheck(settings, r.sources, [message for _, message in problems],
+                         frozenset(setting for setting, _ in problems))
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings:
+    """The settings from ``env`` (default ``os.environ``) with ``overrides`` applied, or a
+    ``ConfigError`` naming the first problem in one line (start-up stops with it; check-config
+    lists them all)."""
+    check = read_settings(env, **overrides)
+    if check.problems:
+        raise ConfigError(check.problems[0])
+    return check.settings

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, load_settings, parse_keks, redact_url
+from app import check_config
+from app.config import ConfigError, load_settings, parse_keks, read_settings, redact_url
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = base64.b64encode(b"k" * 32).decode()
@@ -46,6 +47,22 @@ def test_embedded_default_generates_and_keeps_its_secrets(tmp_path):
      "JOBSPRINT_BCRYPT_ROUNDS: expected an integer, got 'many'"),
     ({"JOBSPRINT_SECURE_COOKIES": "maybe"},
      "JOBSPRINT_SECURE_COOKIES: expected true or false, got 'maybe'"),
+    ({"LOG_LEVEL": "loud"},
+     "LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'loud'"),
+    ({"JOBSPRINT_API_RATE_LIMIT": "lots"},
+     "JOBSPRINT_API_RATE_LIMIT: 'lots' is not a rate limit like '600 per minute'"),
+    ({"JOBSPRINT_BASE_URL": "example.com"},
+     "JOBSPRINT_BASE_URL: expected an http:// or https:// URL, got 'example.com'"),
+    ({"N8N_API_URL": "ftp://u:pw@n8n"},
+     "N8N_API_URL: expected an http:// or https:// URL, got 'ftp://u:***@n8n'"),
+    ({"JOBSPRINT_HTTP_ALLOW": "10.0.0.0/99"},
+     "JOBSPRINT_HTTP_ALLOW: '10.0.0.0/99' is not a valid IP or CIDR"),
+    ({"JOBSPRINT_OAUTH_GITHUB_CLIENT_ID": "abc"},
+     "JOBSPRINT_OAUTH_GITHUB_CLIENT_SECRET: required with JOBSPRINT_OAUTH_GITHUB_CLIENT_ID"),
+    ({"JOBSPRINT_OAUTH_GENERIC_CLIENT_ID": "a", "JOBSPRINT_OAUTH_GENERIC_CLIENT_SECRET": "b"},
+     "JOBSPRINT_OAUTH_GENERIC_AUTHORIZE_URL: required for the generic provider"),
+    ({"JOBSPRINT_AI_PROVIDERS": "mine=ftp://x"},
+     "JOBSPRINT_AI_PROVIDERS: 'mine=ftp://x' is not name=http(s)://…"),
 ])
 def test_bad_settings_name_themselves_in_one_line(tmp_path, env, message):
     with pytest.raises(ConfigError) as caught:
@@ -92,3 +109,89 @@ def test_wsgi_refuses_to_start_with_a_one_line_error(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "jobsprint: cannot start: SECRET_KEY: required when DATABASE_URL is set (production)")
+
+
+def test_every_problem_is_found_at_once_in_the_order_of_the_settings(tmp_path):
+    env = {"JOBSPRINT_INSTANCE_PATH": str(tmp_path), "DATABASE_URL": "postgresql://db/x",
+           "LOG_LEVEL": "loud", "JOBSPRINT_BCRYPT_ROUNDS": "many", "REDIS_URL": "http://x",
+           "JOBSPRINT_OAUTH_SLACK_CLIENT_SECRET": "s", "JOBSPRINT_OAUTH_GITHUB_CLIENT_ID": "i"}
+    check = read_settings(env)
+    assert check.problems == [
+        "REDIS_URL: must be a redis:// or rediss:// URL",
+        "SECRET_KEY: required when DATABASE_URL is set (production)",
+        "JOBSPRINT_KEK: required when DATABASE_URL is set (production)",
+        "JOBSPRINT_BCRYPT_ROUNDS: expected an integer, got 'many'",
+        "LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'loud'",
+        "JOBSPRINT_OAUTH_GITHUB_CLIENT_SECRET: required with JOBSPRINT_OAUTH_GITHUB_CLIENT_ID",
+        "JOBSPRINT_OAUTH_SLACK_CLIENT_ID: required with JOBSPRINT_OAUTH_SLACK_CLIENT_SECRET",
+    ]
+    # Start-up names the first one only, in one line.
+    with pytest.raises(ConfigError, match=r"^REDIS_URL: must be a redis:// or rediss:// URL$"):
+        load_settings(env)
+
+
+def test_a_malformed_setting_keeps_its_default_and_is_marked(tmp_path):
+    check = read_settings({"JOBSPRINT_INSTANCE_PATH": str(tmp_path),
+                           "JOBSPRINT_BCRYPT_ROUNDS": "many", "JOBSPRINT_WORKER_THREADS": "8"})
+    assert check.settings.bcrypt_rounds == 10 and check.settings.worker_threads == 8
+    assert check.invalid == {"bcrypt_rounds"}
+    assert check.sources["bcrypt_rounds"] == "JOBSPRINT_BCRYPT_ROUNDS"
+
+
+def test_an_empty_variable_counts_as_unset(tmp_path):
+    settings = load_settings({
+        "DATABASE_URL": "postgresql://db/x", "SECRET_KEY": SECRET, "JOBSPRINT_KEK": KEY,
+        "JOBSPRINT_SECURE_COOKIES": "", "JOBSPRINT_BCRYPT_ROUNDS": " ", "LOG_LEVEL": ""})
+    assert settings.secure_cookies is True  # production's default, not "false"
+    assert settings.bcrypt_rounds == 10 and settings.log_level == "INFO"
+
+
+def test_problems_with_an_overridden_setting_do_not_count(tmp_path):
+    env = {"DATABASE_URL": "postgresql://db/x", "SECRET_KEY": "short",
+           "JOBSPRINT_BCRYPT_ROUNDS": "many"}
+    check = read_settings(env, keks=parse_keks(KEY), secret_key=SECRET, bcrypt_rounds=4)
+    assert check.problems == []
+    assert check.settings.secret_key == SECRET and check.settings.bcrypt_rounds == 4
+
+
+def test_an_instance_folder_that_cannot_hold_the_secrets_is_a_problem(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    check = read_settings({"JOBSPRINT_INSTANCE_PATH": str(blocker / "instance")})
+    (problem,) = check.problems
+    assert problem.startswith(
+        f"JOBSPRINT_INSTANCE_PATH: cannot keep the generated secret_key in {blocker}/instance (")
+
+
+def test_describe_masks_secrets_and_says_what_is_missing(tmp_path):
+    check = read_settings({
+        "DATABASE_URL": "postgresql://db/x", "N8N_API_KEY": "n8n-key-value",
+        "JOBSPRINT_OAUTH_SLACK_CLIENT_ID": "cid", "JOBSPRINT_OAUTH_SLACK_CLIENT_SECRET": "csec",
+        "JOBSPRINT_HTTP_ALLOW": "10.0.0.0/8, intranet"})
+    described = dict(check.settings.describe())
+    assert described["secret_key"] == "(not set)" and described["keks"] == "(not set)"
+    assert described["n8n_api_key"] == "set (hidden)"
+    assert described["oauth_providers"] == "slack"
+    assert described["http_allow"] == "10.0.0.0/8, intranet"
+    assert "n8n-key-value" not in str(described) and "csec" not in str(described)
+
+
+def test_check_config_report_lists_every_setting_then_the_problems(tmp_path):
+    lines, usable = check_config.report({
+        "JOBSPRINT_INSTANCE_PATH": str(tmp_path), "SECRET_KEY": SECRET,
+        "JOBSPRINT_WORKER_THREADS": "0"})
+    assert not usable
+    assert lines[0] == "Jobsprint settings: embedded default"
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in lines[2:-2]}
+    assert rows["JOBSPRINT_WORKER_THREADS"] == "INVALID, see below"
+    assert rows["SECRET_KEY"] == "set (hidden)" and rows["embedded"] == "True"
+    assert len(rows) == len(read_settings({"JOBSPRINT_INSTANCE_PATH": str(tmp_path)})
+                            .settings.describe())
+    assert lines[-2:] == ["1 problem:", "  JOBSPRINT_WORKER_THREADS: must be at least 1, got 0"]
+    assert SECRET not in "\n".join(lines)
+
+
+def test_check_config_is_recognised_on_a_flask_command_line():
+    assert check_config.requested(["flask", "--app", "wsgi", "jobsprint", "check-config"])
+    assert not check_config.requested(["flask", "--app", "wsgi", "jobsprint", "run", "x"])
+    assert not check_config.requested(["gunicorn", "wsgi:app"])
