@@ -16,11 +16,9 @@ if TYPE_CHECKING:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the web application from ``settings`` (default: read from the environment)."""
-    import logging
-
     from flask import Flask
 
-    from app import store
+    from app import logs, store
     from app.config import PROJECT_ROOT, load_settings
     from app.db import db
     from app.extensions import csrf, htmx, limiter, login_manager, sock
@@ -47,8 +45,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         RATELIMIT_HEADERS_ENABLED=True,
         JSON_SORT_KEYS=False,
     )
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
+    app.wsgi_app = logs.RequestIds(app.wsgi_app)
 
     db.configure(settings.database_url)
     upgrade_if_embedded(settings)

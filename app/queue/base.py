@@ -36,5 +36,8 @@ class RunQueue(ABC):
     def depth(self) -> int:
         """Messages waiting (not yet delivered), for metrics and benchmarks."""
 
+    def ping(self, timeout_s: float) -> None:  # noqa: B027 - in-process backends: no-op
+        """Raise if the broker cannot be reached within ``timeout_s`` (readiness probes)."""
+
     def close(self) -> None:  # noqa: B027 - optional for backends without connections
         """Release connections."""

@@ -36,6 +36,7 @@ and a stop runs the buffer before returning.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -138,6 +139,12 @@ class RabbitQueue(RunQueue):
             return declared.method.message_count
         finally:
             connection.close()
+
+    def ping(self, timeout_s: float) -> None:
+        params = copy.copy(self.params)
+        params.connection_attempts = 1
+        params.socket_timeout = params.stack_timeout = timeout_s
+        pika.BlockingConnection(params).close()
 
     def close(self) -> None:
         self._publisher.close()

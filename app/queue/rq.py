@@ -145,6 +145,16 @@ class RQQueue(RunQueue):
     def depth(self) -> int:
         return self.queue.count
 
+    def ping(self, timeout_s: float) -> None:
+        # Its own client: the queue's has no socket timeouts and retries, so a dead Redis
+        # would hold a probe far longer than ``timeout_s``.
+        probe = redis.Redis.from_url(self.url, socket_timeout=timeout_s,
+                                     socket_connect_timeout=timeout_s)
+        try:
+            probe.ping()
+        finally:
+            probe.close()
+
     def close(self) -> None:
         self._redis.close()
 

@@ -17,6 +17,7 @@ from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from app import metrics
 from app.db import db
 from app.errors import Conflict, NotFound, Problem, ValidationFailed
 from app.models import (
@@ -184,6 +185,7 @@ def cancel(user: User, execution_id: uuid.UUID | str) -> Execution:
     db.session.commit()
     db.session.refresh(execution)
     if done:
+        metrics.run_finished("cancelled", None)  # never claimed again: no worker counts it
         announce([execution])
     return execution
 

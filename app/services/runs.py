@@ -31,7 +31,7 @@ import redis
 from flask import current_app
 from sqlalchemy import bindparam, func, insert, select, update
 
-from app import engine
+from app import engine, logs, metrics
 from app.db import db
 from app.live import events
 from app.models import Execution, ExecutionNode, WorkflowVersion, utcnow
@@ -235,8 +235,9 @@ class RunRecorder:
 
     def __init__(self, execution_id: uuid.UUID, user_id: uuid.UUID, workflow_id: uuid.UUID,
                  epoch: int, existing: set[tuple[str, int]], side_effect_nodes: set[str],
-                 cancelled: bool = False):
+                 cancelled: bool = False, graph=None):
         self.execution_id = execution_id
+        self.nodes = graph.nodes if graph is not None else {}  # for the node metrics' label
         self.user_id = user_id
         self.workflow_id = workflow_id
         self.epoch = epoch
@@ -265,6 +266,10 @@ class RunRecorder:
     def node_finished(self, result) -> None:
         if self.fenced.is_set():
             raise Fenced(str(self.execution_id))
+        if result.started_at is not None and result.finished_at is not None:
+            node = self.nodes.get(result.node_id)
+            metrics.node_finished(node.type.name if node is not None else "unknown",
+                                  (result.finished_at - result.started_at).total_seconds())
         self.pending.append({
             "node_key": result.key, "node_id": result.node_id, "attempt": result.attempt,
             "status": result.status, "output": result.output,
@@ -443,11 +448,21 @@ def _resume_state(execution_id: uuid.UUID) -> tuple[dict, set[tuple[str, int]]]:
 
 def run_execution(execution_id: str) -> None:
     """Queue handler: returns once the run's state is committed, or when there is nothing to
-    do (finished, held elsewhere, deferred). Raises only on infrastructure failure."""
+    do (finished, held elsewhere, deferred). Raises only on infrastructure failure. Every log
+    line written meanwhile carries the run's id."""
+    token = logs.execution_id.set(execution_id)
     try:
         _run(uuid.UUID(execution_id))
     finally:
         db.remove()
+        logs.execution_id.reset(token)
+
+
+def _finished(status: str, began: datetime) -> None:
+    """A final state committed by this worker: count it once, and say so in the log."""
+    seconds = (utcnow() - began).total_seconds()
+    metrics.run_finished(status, seconds)
+    log.info("run %s in %.3f s", status, seconds)
 
 
 def _run(execution_id: uuid.UUID) -> None:
@@ -455,6 +470,7 @@ def _run(execution_id: uuid.UUID) -> None:
     if run is None:
         return  # finished, running elsewhere, or a duplicate delivery: nothing to do
     first_claim = run.started_at is None
+    began = run.started_at or utcnow()
     graph, definition = load_graph(run.workflow_id, run.workflow_version)
     concurrency = int(((definition or {}).get("settings") or {}).get("concurrency", 1))
     slot = WorkflowSlot(_store(), str(run.workflow_id), max(1, concurrency),
@@ -476,13 +492,14 @@ def _run(execution_id: uuid.UUID) -> None:
         side_effects = {n["id"] for n in (definition or {}).get("nodes", [])
                         if str(n.get("type", "")).startswith(SIDE_EFFECT_TYPES)}
         recorder = RunRecorder(execution_id, run.user_id, run.workflow_id, run.epoch, existing,
-                               side_effects, cancelled=run.cancel_requested)
+                               side_effects, cancelled=run.cancel_requested, graph=graph)
         events.publish_many(_store(), run.user_id, [{
             "type": "run", "execution_id": str(execution_id),
             "workflow_id": str(run.workflow_id), "status": "running"}])
         if graph is None:
             recorder.flush({"status": "failed", "finished_at": utcnow(),
                             "error": {"message": "the workflow version no longer exists"}})
+            _finished("failed", began)
             return
         keeper.track(recorder, slot)
         result = engine.run_graph(
@@ -491,6 +508,10 @@ def _run(execution_id: uuid.UUID) -> None:
             callbacks=recorder, ports=_ports(recorder), resume=resume,
             options=engine.RunOptions(started_at=run.started_at))
         recorder.finish(result)
+        if result.status == "parked":
+            log.info("run parked until %s", result.resume_at)
+        else:
+            _finished(result.status, began)
     except Fenced:
         log.info("run %s was handed to another worker; this one stops", execution_id)
         db.session.rollback()

@@ -13,6 +13,7 @@ def register_blueprints(app: Flask) -> None:
     from app.web.auth import bp as auth_bp
     from app.web.executions import bp as executions_bp
     from app.web.hooks import bp as hooks_bp
+    from app.web.ops import bp as ops_bp
     from app.web.settings import bp as settings_bp
     from app.web.workflows import bp as workflows_bp
 
@@ -23,5 +24,6 @@ def register_blueprints(app: Flask) -> None:
     live_ws.init_app(app)  # the WebSocket routes of the live pages
     app.register_blueprint(api_bp)
     app.register_blueprint(hooks_bp)
+    app.register_blueprint(ops_bp)
     security.init_app(app)
     errors.init_app(app)

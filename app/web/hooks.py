@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from app import metrics
 from app.errors import PayloadTooLarge, ServiceError, UnsupportedMediaType
 from app.extensions import csrf, limiter
 from app.live.hub import hub_for
@@ -26,6 +27,17 @@ csrf.exempt(bp)  # authenticated by the signature, never by a cookie
 # costs one HMAC before it is refused.
 limiter.exempt(bp)
 CHUNK = 64 * 1024
+# The ``result`` label of jobsprint_webhook_deliveries_total for a delivery refused (or lost)
+# before it was stored; a stored one is "accepted" or "replayed".
+REFUSALS = {400: "invalid", 401: "unauthorized", 404: "not_found", 413: "too_large",
+            415: "unsupported_media_type", 503: "unavailable"}
+
+
+@bp.after_request
+def _count_delivery(response):
+    result = g.get("delivery_result") or REFUSALS.get(response.status_code, "error")
+    metrics.webhook_delivery(result)
+    return response
 
 
 @bp.errorhandler(ServiceError)
@@ -83,6 +95,7 @@ def receive(token: str):
 
 
 def _answer(delivery: webhooks.Delivery) -> dict:
+    g.delivery_result = "replayed" if delivery.replayed else "accepted"
     return {"event_id": str(delivery.event_id),
             "execution_ids": [str(i) for i in delivery.execution_ids]}
 
