@@ -107,6 +107,32 @@ def parse_ai_providers(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(found)
 
 
+# List prices in US dollars per million tokens (input, output) when this was written, for the
+# cost estimate kept with each AI exchange; JOBSPRINT_AI_PRICES replaces them. A model not
+# listed (a local one) costs 0.
+DEFAULT_AI_PRICES: tuple[tuple[str, float, float], ...] = (
+    ("gpt-4o", 2.50, 10.00), ("gpt-4o-mini", 0.15, 0.60), ("gpt-4.1", 2.00, 8.00),
+    ("gpt-4.1-mini", 0.40, 1.60), ("gpt-4.1-nano", 0.10, 0.40),
+    ("llama-3.1-8b-instant", 0.05, 0.08), ("llama-3.3-70b-versatile", 0.59, 0.79))
+
+
+def parse_ai_prices(name: str, raw: str) -> tuple[tuple[str, float, float], ...]:
+    """``model=input/output,…`` in dollars per million tokens, e.g. ``gpt-4o-mini=0.15/0.6``."""
+    found = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        model, _, prices = item.partition("=")
+        given, _, taken = prices.partition("/")
+        try:
+            pair = float(given), float(taken)
+        except ValueError:
+            pair = None
+        if not model.strip() or pair is None or min(pair) < 0:
+            raise ConfigError(f"{name}: {item!r} is not model=input/output "
+                              "(dollars per million tokens)")
+        found.append((model.strip(), *pair))
+    return tuple(found)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -154,6 +180,7 @@ class Settings:
     ai_user_per_minute: int = 60
     ai_provider_per_minute: int = 600
     ai_daily_tokens: int = 0  # per user; 0: no budget
+    ai_prices: tuple[tuple[str, float, float], ...] = DEFAULT_AI_PRICES
     n8n_api_key: str | None = field(default=None, repr=False)
     # Retention (the clock's daily, weekly and monthly jobs): ages in days after which rows are
     # soft-deleted, how long soft-deleted rows are kept before the hard delete, how often each
@@ -187,6 +214,8 @@ class Settings:
                 shown = redact_url(value) if value else "(embedded)"
             elif f.name == "oauth_providers":  # their client secrets stay out of sight
                 shown = ", ".join(p.name for p in value) or "(none)"
+            elif f.name == "ai_prices":
+                shown = ", ".join(f"{m}={i:g}/{o:g}" for m, i, o in value) or "(none)"
             elif f.name == "ai_providers":
                 shown = ", ".join(f"{name}={url}" for name, url in value) or "(none)"
             elif f.name == "http_allow":
@@ -452,6 +481,7 @@ def read_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
     r.sources["oauth_providers"] = "JOBSPRINT_OAUTH_<APP>_*"
     r.read("ai_providers", "JOBSPRINT_AI_PROVIDERS", parse_ai_providers)
     r.read("ai_daily_tokens", "JOBSPRINT_AI_DAILY_TOKENS", parse_int)
+    r.read("ai_prices", "JOBSPRINT_AI_PRICES", parse_ai_prices)
     r.read("ai_user_per_minute", "JOBSPRINT_AI_USER_PER_MINUTE", partial(parse_int, minimum=1))
     r.read("ai_provider_per_minute", "JOBSPRINT_AI_PROVIDER_PER_MINUTE",
            partial(parse_int, minimum=1))

@@ -26,6 +26,7 @@ import math
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from flask import current_app
@@ -33,6 +34,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from sqlalchemy import select
 
+from app import metrics
 from app.db import db
 from app.engine import NodeError
 from app.models import AIHistory, PromptTemplate
@@ -209,8 +211,8 @@ class AiForRun:
         digest = hashlib.sha256(json.dumps([provider, body], sort_keys=True).encode()).hexdigest()
         if temperature == 0:
             cached = cache.get(f"ai-cache:{digest}")
-            if cached is not None:
-                return {**cached, "cached": True}
+            if cached is not None:  # served from the cache: nothing spent
+                return {**cached, "cached": True, "cost_estimate": 0.0}
         if budget_left(self.owner_id) == 0:
             raise NodeError("ai.chat: the AI budget for today is spent (JOBSPRINT_AI_DAILY_TOKENS)")
         self._take_turn(provider, deadline)
@@ -220,7 +222,8 @@ class AiForRun:
             reply = self._complete_streaming(base, body, credential_id, deadline)
         if reply is None:
             reply = self._complete(base, body, credential_id, deadline)
-        self._spend(reply["usage"])
+        self._spend(reply["usage"], provider, model)
+        cost = estimate_cost(model, reply["usage"])
         parsed = None
         if validator is not None:
             parsed, problems = _check_json(reply["text"], validator)
@@ -232,14 +235,16 @@ class AiForRun:
                                                + ". Answer again with only the JSON."}]}
                 self._take_turn(provider, deadline)
                 reply = self._complete(base, retry, credential_id, deadline)
-                self._spend(reply["usage"])
+                self._spend(reply["usage"], provider, model)
+                cost += estimate_cost(model, reply["usage"])
                 parsed, problems = _check_json(reply["text"], validator)
                 if problems:
                     raise NodeError("the answer does not match the schema: "
                                     + "; ".join(problems))
         answer = {"text": reply["text"], "model": model, "provider": provider,
                   "finish_reason": reply["finish_reason"], "usage": reply["usage"],
-                  "latency_ms": round((time.monotonic() - began) * 1000), "cached": False}
+                  "latency_ms": round((time.monotonic() - began) * 1000), "cached": False,
+                  "cost_estimate": float(cost)}
         if validator is not None:
             answer["json"] = parsed
         if temperature == 0:
@@ -324,9 +329,13 @@ class AiForRun:
                 "usage": {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
                           "completion_tokens": int(usage.get("completion_tokens") or 0)}}
 
-    def _spend(self, usage: dict) -> None:
-        """Count the tokens against the user's daily budget (when there is one)."""
-        spent = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
+    def _spend(self, usage: dict, provider: str, model: str) -> None:
+        """Count the tokens in the metrics and against the user's daily budget (when there is
+        one)."""
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        metrics.ai_tokens(provider, model, prompt, completion)
+        spent = prompt + completion
         if spent and _settings().ai_daily_tokens:
             key = _budget_key(self.owner_id)
             pipe = _store().pipeline(transaction=False)
@@ -385,12 +394,25 @@ class AiForRun:
             finish_reason=answer.get("finish_reason"),
             prompt_tokens=answer["usage"]["prompt_tokens"],
             completion_tokens=answer["usage"]["completion_tokens"],
-            latency_ms=answer.get("latency_ms") or 0, cached=answer.get("cached", False)))
+            latency_ms=answer.get("latency_ms") or 0, cached=answer.get("cached", False),
+            cost_estimate=Decimal(str(answer.get("cost_estimate", 0)))))
         db.session.commit()
         if key:
             history = [m for m in sent if m["role"] != "system"]
             history.append({"role": "assistant", "content": answer["text"]})
             cache.put(self._conversation_key(key), history[-CONVERSATION_KEEP:], CACHE_TTL_S)
+
+
+def estimate_cost(model: str, usage: dict) -> Decimal:
+    """Dollars at the configured list price (JOBSPRINT_AI_PRICES) of ``model``, also when a
+    router names it ``vendor/model``; 0 for a model without a price (a local one)."""
+    prices = {name: (given, taken) for name, given, taken in _settings().ai_prices}
+    price = prices.get(model) or prices.get(model.rsplit("/", 1)[-1])
+    if price is None:
+        return Decimal(0)
+    per_token = (Decimal(str(price[0])) * usage.get("prompt_tokens", 0)
+                 + Decimal(str(price[1])) * usage.get("completion_tokens", 0))
+    return (per_token / 1_000_000).quantize(Decimal("0.000001"))
 
 
 def _check_json(text: str, validator) -> tuple[Any, list[str]]:

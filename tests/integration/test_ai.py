@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
@@ -53,7 +54,8 @@ def llm():
 @pytest.fixture
 def settings_overrides():
     return {"http_allow": ("127.0.0.1",), "ai_providers": (
-        ("local", SERVER.url + "/v1"), ("backup", SERVER.url + "/backup/v1"))}
+        ("local", SERVER.url + "/v1"), ("backup", SERVER.url + "/backup/v1")),
+        "ai_prices": (("small", 2.0, 10.0),)}  # dollars per million tokens, in and out
 
 
 def chat(api, run_input=None, **params):
@@ -84,6 +86,8 @@ def test_a_prompt_is_answered_and_stored(api_client, llm):
     assert (row.user_message, row.assistant_message, row.model, row.node_id) == (
         "Hi Ann", "hello from small", "small", "ask")
     assert (row.prompt_tokens, row.completion_tokens) == (11, 5) and row.latency_ms >= 0
+    # 11 tokens in at $2/M and 5 out at $10/M
+    assert result["cost_estimate"] == 0.000072 and row.cost_estimate == Decimal("0.000072")
 
 
 def test_a_saved_template_is_rendered_with_the_nodes_variables(api_client, llm):
@@ -120,6 +124,7 @@ def test_errors_are_retried_then_the_fallback_answers(api_client, llm):
     run = chat(api_client, fallback_provider="backup", fallback_model="big")
     assert run["status"] == "succeeded", run
     assert run["result"]["model"] == "big" and run["result"]["fallback"] is True
+    assert run["result"]["cost_estimate"] == 0  # no price configured for "big"
     assert [s.path for s in llm.seen] == ["/v1/chat/completions"] * 3 + [
         "/backup/v1/chat/completions"]
 
@@ -160,6 +165,7 @@ def test_temperature_zero_repeats_come_from_the_cache(api_client, llm):
     assert second["result"]["text"] == first["result"]["text"]
     assert len(llm.seen) == 1
     assert [r.cached for r in history()] == [False, True]
+    assert [float(r.cost_estimate) for r in history()] == [0.000072, 0.0]  # the cache is free
     chat(api_client, temperature=0.5)
     chat(api_client, temperature=0.5)
     assert len(llm.seen) == 3  # never cached above 0

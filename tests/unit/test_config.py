@@ -195,3 +195,12 @@ def test_check_config_is_recognised_on_a_flask_command_line():
     assert check_config.requested(["flask", "--app", "wsgi", "jobsprint", "check-config"])
     assert not check_config.requested(["flask", "--app", "wsgi", "jobsprint", "run", "x"])
     assert not check_config.requested(["gunicorn", "wsgi:app"])
+
+
+def test_ai_prices_are_model_equals_input_slash_output(tmp_path):
+    env = {"JOBSPRINT_INSTANCE_PATH": str(tmp_path),
+           "JOBSPRINT_AI_PRICES": "gpt-4o-mini=0.15/0.6, local=0/0"}
+    assert load_settings(env).ai_prices == (("gpt-4o-mini", 0.15, 0.6), ("local", 0.0, 0.0))
+    for bad in ("gpt=1", "gpt=a/b", "=1/2", "gpt=-1/2"):
+        with pytest.raises(ConfigError, match="JOBSPRINT_AI_PRICES: .* is not model=input/out"):
+            load_settings({**env, "JOBSPRINT_AI_PRICES": bad})
