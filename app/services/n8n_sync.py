@@ -2,7 +2,8 @@
 ``N8N_API_KEY`` are set: saving a workflow creates or updates it through n8n's public REST API
 (``POST /api/v1/workflows``, ``PUT /api/v1/workflows/<id>``, header ``X-N8N-API-KEY``) inside
 the save's transaction, and a refusal or an outage there rolls the Jobsprint save back with
-n8n's own message. The URL is the operator's (n8n often runs next to Jobsprint on a private
+n8n's own message. Deleting a workflow deletes its copy the same way (a copy n8n no longer has
+is already gone). The URL is the operator's (n8n often runs next to Jobsprint on a private
 address), so it is not subject to the SSRF guard that user-supplied URLs are.
 """
 
@@ -58,3 +59,22 @@ def push(workflow: Workflow) -> None:
     except (ValueError, KeyError, TypeError):
         raise UpstreamFailed("n8n answered without a workflow id; the workflow was not "
                              "saved") from None
+
+
+def remove(workflow: Workflow) -> None:
+    """Delete the workflow's copy in n8n (the caller then commits its own delete). Raises
+    ``UpstreamFailed`` when n8n refuses or is down, so nothing is deleted on either side."""
+    if not enabled() or not workflow.n8n_id:
+        return
+    settings = current_app.config["SETTINGS"]
+    headers = {"X-N8N-API-KEY": settings.n8n_api_key, "Accept": "application/json"}
+    try:
+        answer = requests.delete(f"{settings.n8n_api_url}/api/v1/workflows/{workflow.n8n_id}",
+                                 headers=headers, timeout=TIMEOUT_S)
+    except requests.RequestException as exc:
+        log.warning("n8n unreachable while deleting workflow %s: %s", workflow.id,
+                    type(exc).__name__)
+        raise UpstreamFailed("n8n could not be reached; the workflow was not deleted") from None
+    if answer.status_code >= 400 and answer.status_code != 404:
+        raise UpstreamFailed(f"n8n refused to delete its copy ({answer.status_code}); the "
+                             "workflow was not deleted")

@@ -124,6 +124,17 @@ def _push_to_n8n(workflow: Workflow) -> None:
         raise
 
 
+def _remove_from_n8n(workflow: Workflow) -> None:
+    """Delete the n8n copy before this delete commits: n8n refusing rolls it back."""
+    from app.services import n8n_sync
+
+    try:
+        n8n_sync.remove(workflow)
+    except Exception:
+        db.session.rollback()
+        raise
+
+
 def create(user: User, data: Any) -> Workflow:
     name, definition = _checked_definition(user.id, data)
     workflow = Workflow(id=uuid.uuid4(), user_id=user.id, name=name, definition=definition,
@@ -167,6 +178,7 @@ def delete(user: User, workflow_id: uuid.UUID | str) -> None:
     workflow.deleted_at = utcnow()
     workflow.active = False
     triggers.sync(workflow)
+    _remove_from_n8n(workflow)
     audit.record("workflow.delete", user_id=user.id, target_type="workflow",
                  target_id=workflow.id)
     db.session.commit()

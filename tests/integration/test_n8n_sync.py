@@ -29,7 +29,9 @@ class FakeN8n(LocalService):
             return 401, {"message": "unauthorized"}
         if self.refuse:
             return 400, {"message": self.refuse}
-        workflow_id = seen.path.rsplit("/", 1)[1] if seen.method == "PUT" else "n8nWf1"
+        workflow_id = seen.path.rsplit("/", 1)[1] if seen.method != "POST" else "n8nWf1"
+        if seen.method == "DELETE":
+            return 200, {"id": workflow_id}
         return 200, {"id": workflow_id, **seen.body, "active": False}
 
 
@@ -60,6 +62,12 @@ def api(client, auth):
         def put(self, path, body=None):
             return client.put("/api/v1" + path, json=body,
                               headers={"Authorization": f"Bearer {token}"})
+
+        def get(self, path):
+            return client.get("/api/v1" + path, headers={"Authorization": f"Bearer {token}"})
+
+        def delete(self, path):
+            return client.delete("/api/v1" + path, headers={"Authorization": f"Bearer {token}"})
     return Api()
 
 
@@ -131,3 +139,17 @@ def test_n8n_down_rolls_the_save_back(app, api):
 def test_without_the_settings_nothing_is_pushed(api, n8n):
     assert api.post("/workflows", DEFINITION).status_code == 201
     assert n8n.seen == []
+
+
+def test_deleting_a_workflow_deletes_its_copy_and_a_refusal_keeps_both(api, n8n):
+    workflow_id = api.post("/workflows", DEFINITION).get_json()["id"]
+    n8n.refuse = "workflow is in use"
+    refused = api.delete(f"/workflows/{workflow_id}")
+    assert refused.status_code == 502
+    assert refused.get_json()["error"]["message"] == (
+        "n8n refused to delete its copy (400); the workflow was not deleted")
+    assert api.get(f"/workflows/{workflow_id}").status_code == 200
+    n8n.refuse = None
+    assert api.delete(f"/workflows/{workflow_id}").status_code == 204
+    assert (n8n.seen[-1].method, n8n.seen[-1].path) == ("DELETE", "/api/v1/workflows/n8nWf1")
+    assert api.get(f"/workflows/{workflow_id}").status_code == 404

@@ -44,7 +44,7 @@ def update_workflow(workflow_id: str):
 
 @bp.delete("/workflows/<workflow_id>")
 @operation("Delete a workflow (its webhooks stop at once)", tag="workflows",
-           responses={204: None})
+           responses={204: None}, errors=(502,))
 def delete_workflow(workflow_id: str):
     workflows.delete(g.user, workflow_id)
     return "", 204
