@@ -87,6 +87,8 @@ def test_build_a_workflow_by_clicking(page):
     # a node name with markup is text on the canvas and in the form (an alert() would open a
     # dialog, which nothing here accepts: the test would hang and fail)
     node(page, "set").click()
+    # the panel is swapped in by htmx: type only once it is the set node's form
+    expect(page.get_by_role("heading", name="Set fields set", exact=True)).to_be_visible()
     page.get_by_label("Name", exact=True).fill("<img src=x onerror=alert(1)>")
     page.get_by_label("Name", exact=True).press("Enter")
     expect(node(page, "set").locator(".node-title")).to_have_text("<img src=x onerror…")
