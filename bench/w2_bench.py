@@ -123,8 +123,8 @@ def percentile(values: list[float], q: float) -> float:
 
 # --- the parts ----------------------------------------------------------------------------
 
-def redis_round_trips(n: int = 5000) -> float:
-    client = redis.Redis.from_url(REDIS_URL)
+def redis_round_trips(n: int = 5000, url: str = REDIS_URL) -> float:
+    client = redis.Redis.from_url(url)
     for _ in range(200):  # connected and warm before the timing
         client.ping()
     started = time.perf_counter()
@@ -135,8 +135,8 @@ def redis_round_trips(n: int = 5000) -> float:
     return n / elapsed
 
 
-def pg_commits(n: int = 2000) -> float:
-    with psycopg.connect(BENCH_PG) as conn:
+def pg_commits(n: int = 2000, url: str = BENCH_PG) -> float:
+    with psycopg.connect(url) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS w2_scratch (id bigserial PRIMARY KEY, v text)")
         conn.commit()
         for i in range(200):  # warm before the timing
@@ -152,20 +152,20 @@ def pg_commits(n: int = 2000) -> float:
     return n / elapsed
 
 
-def rabbitmq_confirms(n: int = 1000) -> float:
+def rabbitmq_confirms(n: int = 1000, queue: str = SCRATCH_QUEUE) -> float:
     properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     try:
         channel = connection.channel()
-        channel.queue_declare(SCRATCH_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
         channel.confirm_delivery()  # basic_publish now waits for the broker's confirm
         for _ in range(100):  # warm before the timing
-            channel.basic_publish("", SCRATCH_QUEUE, b"x", properties)
+            channel.basic_publish("", queue, b"x", properties)
         started = time.perf_counter()
         for _ in range(n):
-            channel.basic_publish("", SCRATCH_QUEUE, b"x", properties)
+            channel.basic_publish("", queue, b"x", properties)
         elapsed = time.perf_counter() - started
-        channel.queue_delete(SCRATCH_QUEUE)
+        channel.queue_delete(queue)
     finally:
         connection.close()
     return n / elapsed
@@ -190,16 +190,20 @@ def sqlite_commits(n: int = 2000) -> float:
     return n / elapsed
 
 
-def measure_parts(when: str, backends: list[str]) -> dict[str, float]:
+def measure_parts(when: str, backends: list[str], *, redis_url: str = REDIS_URL,
+                  pg_url: str = BENCH_PG, scratch_queue: str = SCRATCH_QUEUE
+                  ) -> dict[str, float]:
+    """The parts' speeds; the defaults are this bench's Redis db, database and queue (another
+    bench passes its own, so that two benches never share a scratch table or queue)."""
     load1 = os.getloadavg()[0]
     figure("part=machine", "load_avg_1m", load1, when=when, cpus=os.cpu_count())
-    parts = {"redis": redis_round_trips(), "pg": pg_commits()}
+    parts = {"redis": redis_round_trips(url=redis_url), "pg": pg_commits(url=pg_url)}
     figure("part=redis", "round_trips_per_s", parts["redis"], when=when, connection="one",
            command="PING")
     figure("part=postgresql", "commits_per_s", parts["pg"], when=when,
            statement="single-row INSERT")
     if "rabbitmq" in backends:
-        parts["rabbitmq"] = rabbitmq_confirms()
+        parts["rabbitmq"] = rabbitmq_confirms(queue=scratch_queue)
         figure("part=rabbitmq", "publish_confirm_each_per_s", parts["rabbitmq"], when=when,
                queue="quorum")
     if "embedded" in backends:
@@ -211,34 +215,35 @@ def measure_parts(when: str, backends: list[str]) -> dict[str, float]:
 
 # --- resources ----------------------------------------------------------------------------
 
-def recreate_database() -> None:
+def recreate_database(name: str = BENCH_DB) -> None:
     with psycopg.connect(ADMIN_PG, autocommit=True) as conn:
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE datname = %s AND pid <> pg_backend_pid()", (BENCH_DB,))
-        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}"')
-        conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+                     "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def drop_database() -> None:
+def drop_database(name: str = BENCH_DB) -> None:
     with psycopg.connect(ADMIN_PG, autocommit=True) as conn:
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE datname = %s AND pid <> pg_backend_pid()", (BENCH_DB,))
-        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}"')
+                     "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
-def flush_redis() -> None:
-    client = redis.Redis.from_url(REDIS_URL)
+def flush_redis(url: str = REDIS_URL) -> None:
+    client = redis.Redis.from_url(url)
     client.flushdb()
     client.close()
 
 
-def delete_rabbitmq_queues() -> None:
+def delete_rabbitmq_queues(queue_name: str = QUEUE_NAME,
+                           scratch_queue: str = SCRATCH_QUEUE) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     try:
         channel = connection.channel()
-        for queue in (QUEUE_NAME, f"{QUEUE_NAME}.dead", SCRATCH_QUEUE):
+        for queue in (queue_name, f"{queue_name}.dead", scratch_queue):
             channel.queue_delete(queue)
-        channel.exchange_delete(f"{QUEUE_NAME}.dead")
+        channel.exchange_delete(f"{queue_name}.dead")
     finally:
         connection.close()
 

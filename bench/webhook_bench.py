@@ -92,6 +92,14 @@ def rss(pid: int) -> tuple[float, int]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["Threads"])
 
 
+def signature(secret: bytes, body: bytes) -> str:
+    """``X-Jobsprint-Signature`` for ``body`` sent now: ``t=<now>,v1=HMAC-SHA256(secret,
+    "<t>.<raw body>")``."""
+    t = str(int(time.time()))
+    v1 = hmac.new(secret, t.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={v1}"
+
+
 class Hook:
     """One activated webhook workflow: where to POST and how to sign."""
 
@@ -115,10 +123,8 @@ class Hook:
 
     def request(self, order_id: int) -> tuple[bytes, dict]:
         body = json.dumps({"order_id": order_id, "amount": AMOUNT, "email": EMAIL}).encode()
-        t = str(int(time.time()))
-        v1 = hmac.new(self.secret, t.encode() + b"." + body, hashlib.sha256).hexdigest()
         return body, {"Content-Type": "application/json",
-                      "X-Jobsprint-Signature": f"t={t},v1={v1}"}
+                      "X-Jobsprint-Signature": signature(self.secret, body)}
 
 
 ORDER_IDS = itertools.count(1)  # next() is atomic under the GIL: never a repeated order_id
