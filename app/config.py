@@ -504,7 +504,7 @@ def read_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
     settings = replace(settings, **overrides) if overrides else settings
     if not embedded and not settings.secret_key:
         r.problem("secret_key", "SECRET_KEY: required when DATABASE_URL is set (production)")
-    if not embedded and not settings.keks:
+    if not embedded and not settings.keks and not kek_raw:  # (a malformed one said so above)
         r.problem("keks", "JOBSPRINT_KEK: required when DATABASE_URL is set (production)")
     order = {f.name: position for position, f in enumerate(fields(Settings))}
     problems = sorted((p for p in r.problems if p[0] not in overrides),

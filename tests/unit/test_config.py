@@ -204,3 +204,9 @@ def test_ai_prices_are_model_equals_input_slash_output(tmp_path):
     for bad in ("gpt=1", "gpt=a/b", "=1/2", "gpt=-1/2"):
         with pytest.raises(ConfigError, match="JOBSPRINT_AI_PRICES: .* is not model=input/out"):
             load_settings({**env, "JOBSPRINT_AI_PRICES": bad})
+
+
+def test_a_malformed_kek_is_one_problem_not_also_a_missing_one(tmp_path):
+    check = read_settings({"JOBSPRINT_INSTANCE_PATH": str(tmp_path), "SECRET_KEY": SECRET,
+                           "DATABASE_URL": "postgresql://db/x", "JOBSPRINT_KEK": "abc"})
+    assert check.problems == ["JOBSPRINT_KEK: key 1 is not valid base64"]
