@@ -4,6 +4,7 @@ response that breaks the document, and any answer that shows another user's data
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -82,6 +83,9 @@ def test_a_body_of_the_wrong_type_is_a_400_naming_the_field(client, api_client):
     answer = client.get("/api/v1/executions?limit=lots", headers=api_client.headers)
     assert answer.status_code == 400
     assert answer.get_json()["error"]["details"][0]["path"] == "limit"
+    answer = client.get("/api/v1/executions?workflow_id=", headers=api_client.headers)
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["details"][0]["path"] == "workflow_id"
     answer = client.get("/api/v1/executions?statu=failed", headers=api_client.headers)
     assert answer.status_code == 400
     assert answer.get_json()["error"]["details"][0]["path"] == "statu"
@@ -180,9 +184,12 @@ def _fuzz(operation, mode, live_server, world) -> None:
 
     @given(case=operation.as_strategy(generation_mode=mode),
            whose=st.sampled_from(["theirs", "mine", "generated"]))
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=IN_CI,
               suppress_health_check=list(HealthCheck))
     def fuzz(case, whose):
+        # requests leaves out a query parameter whose value is None: such a "forbidden extra
+        # parameter" is never sent, and the valid request that is sent rightly succeeds.
+        assume(not any(value is None for value in (case.query or {}).values()))
         if whose != "generated" and mode == GenerationMode.POSITIVE:
             # (Negative cases keep their broken path parameters: they must be refused.)
             # Real ids of the right kind: mine (reachable) or theirs (must answer 404).
@@ -204,6 +211,9 @@ def _fuzz(operation, mode, live_server, world) -> None:
 
 
 EXAMPLES = 25
+# CI replays the same cases on every run (a red CI then means the code changed, not the dice);
+# a developer's run draws new ones each time.
+IN_CI = os.environ.get("CI") == "true"
 
 
 @pytest.mark.timeout(900)

@@ -11,6 +11,7 @@ graph, a credential's fields) and answer 400 with their own paths.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -288,7 +289,7 @@ class WorkflowQuery(PageQuery):
 
 
 class ExecutionQuery(PageQuery):
-    workflow_id: str | None = Field(default=None, json_schema_extra={"format": "uuid"})
+    workflow_id: uuid.UUID | None = None
     status: RunState | None = None
 
 
