@@ -50,6 +50,9 @@ class JobsprintLogger(Logger):
 
 
 logger_class = JobsprintLogger
+# gunicorn 27's control socket is one per user (~/.gunicorn/gunicorn.ctl): a second web process
+# on the machine (honcho -c web=2) would log an error at start. Jobsprint does not use it.
+control_socket_disable = True
 
 
 def _alive(pid: int) -> bool:
