@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -202,7 +203,7 @@ class Settings:
         return self.keks[0]
 
     def describe(self) -> list[tuple[str, str]]:
-        """Every setting with its value, secrets masked (for check-config and start-up logs)."""
+        """Every setting with its value, secrets masked (for check-config)."""
         rows = []
         for f in fields(self):
             value = getattr(self, f.name)
@@ -217,19 +218,24 @@ class Settings:
             elif f.name == "ai_prices":
                 shown = ", ".join(f"{m}={i:g}/{o:g}" for m, i, o in value) or "(none)"
             elif f.name == "ai_providers":
-                shown = ", ".join(f"{name}={url}" for name, url in value) or "(none)"
+                shown = ", ".join(f"{name}={redact_url(url)}" for name, url in value) or "(none)"
             elif f.name == "http_allow":
                 shown = ", ".join(value) or "(none)"
             elif value is None:
                 shown = "(not set)"
             else:
-                shown = redact_url(value) if f.name == "n8n_api_url" else str(value)
+                shown = redact_url(value) if f.name in {"n8n_api_url", "base_url"} else str(value)
             rows.append((f.name, shown))
         return rows
 
 
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|pass|pwd|token|key)=)[^&#]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """Hide the password of a service URL: ``postgresql://u:***@host/db``."""
+    """Hide the password of a service URL: ``postgresql://u:***@host/db``, and a password
+    given as a query parameter (``?password=…``, which libpq and redis-py accept)."""
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url

@@ -1,8 +1,9 @@
 """``clock``: the periodic work (``app.workers.CLOCK_JOBS``) — the reaper that hands back runs
 whose lease passed (lost publishes, dead workers, deferred and parked runs that are due), and
-the schedules, which start a run for each due cron slot. Several clocks may run: each pass
-claims rows with SKIP LOCKED, a slot is unique in the database, and a duplicate publish is
-harmless."""
+the schedules, which start a run for each due cron slot — and, in a thread of its own, the
+retention jobs (``app.workers.RETENTION_JOBS``). Several clocks may run: each pass claims rows
+with SKIP LOCKED, a slot is unique in the database, a retention job is claimed once per period,
+and a duplicate publish is harmless."""
 
 from __future__ import annotations
 

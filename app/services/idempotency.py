@@ -34,12 +34,14 @@ def request_hash(body: Any) -> str:
 
 def scoped_key(user_id: uuid.UUID, resource: str, resource_id: Any, action: str,
                client_key: str) -> str:
-    """``{user}:{resource}:{id}:{action}`` plus the client's own key."""
+    """``{user}:{resource}:{id}:{action}`` plus a digest of the client's own key (the client
+    key may be up to ``MAX_CLIENT_KEY`` characters; the stored key always fits its column)."""
     if not client_key or len(client_key) > MAX_CLIENT_KEY:
         raise Unprocessable("invalid Idempotency-Key",
                             [Problem("Idempotency-Key",
                                      f"must be 1 to {MAX_CLIENT_KEY} characters")])
-    return f"{user_id}:{resource}:{resource_id}:{action}:{client_key}"
+    digest = hashlib.sha256(client_key.encode()).hexdigest()
+    return f"{user_id}:{resource}:{resource_id}:{action}:{digest}"
 
 
 def _store():

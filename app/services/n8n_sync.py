@@ -38,22 +38,19 @@ def push(workflow: Workflow) -> None:
     headers = {"X-N8N-API-KEY": settings.n8n_api_key, "Accept": "application/json"}
     base = f"{settings.n8n_api_url}/api/v1/workflows"
     try:
+        answer = None
         if workflow.n8n_id:
             answer = requests.put(f"{base}/{workflow.n8n_id}", json=body, headers=headers,
                                   timeout=TIMEOUT_S)
-        else:
+        if answer is None or answer.status_code == 404:  # no copy yet, or it was deleted
             answer = requests.post(base, json=body, headers=headers, timeout=TIMEOUT_S)
     except requests.RequestException as exc:
         log.warning("n8n unreachable while saving workflow %s: %s", workflow.id,
                     type(exc).__name__)
         raise UpstreamFailed("n8n could not be reached; the workflow was not saved") from None
     if answer.status_code >= 400:
-        try:
-            message = str(answer.json().get("message") or "")[:500]
-        except ValueError:
-            message = ""
         raise UpstreamFailed(f"n8n refused the workflow ({answer.status_code}"
-                             f"{': ' + message if message else ''}); it was not saved")
+                             f"{_message(answer)}); it was not saved")
     try:
         workflow.n8n_id = str(answer.json()["id"])[:64]
     except (ValueError, KeyError, TypeError):
@@ -76,5 +73,13 @@ def remove(workflow: Workflow) -> None:
                     type(exc).__name__)
         raise UpstreamFailed("n8n could not be reached; the workflow was not deleted") from None
     if answer.status_code >= 400 and answer.status_code != 404:
-        raise UpstreamFailed(f"n8n refused to delete its copy ({answer.status_code}); the "
-                             "workflow was not deleted")
+        raise UpstreamFailed(f"n8n refused to delete its copy ({answer.status_code}"
+                             f"{_message(answer)}); the workflow was not deleted")
+
+
+def _message(answer: requests.Response) -> str:
+    try:
+        message = str(answer.json().get("message") or "")[:500]
+    except (ValueError, AttributeError):
+        message = ""
+    return f": {message}" if message else ""

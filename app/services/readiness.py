@@ -49,6 +49,8 @@ class Probes:
         settings: Settings = app.config["SETTINGS"]
         self.settings = settings
         self.queue = app.extensions["jobsprint.queue"]
+        self.lock = threading.Lock()
+        self.last: tuple[float, dict[str, str]] | None = None  # (monotonic time, result)
         self.database: Engine | None = None
         if not db.is_sqlite:
             self.database = create_engine(
@@ -112,9 +114,24 @@ def _probes(app: Flask) -> Probes:
     return probes
 
 
+REUSE_S = 1.0  # one probe at a time per process; callers within this window share its result
+
+
 def check(app: Flask) -> dict[str, str]:
-    """Each part → "ok", "ok (embedded)" or "down: <reason>"."""
+    """Each part → "ok", "ok (embedded)" or "down: <reason>". Probes open fresh connections,
+    and /readyz needs no sign-in: one probe runs at a time per process and its result serves
+    every caller for ``REUSE_S``, so a flood of probes cannot exhaust the database's
+    connections."""
     probes = _probes(app)
+    with probes.lock:
+        if probes.last is not None and time.monotonic() - probes.last[0] < REUSE_S:
+            return probes.last[1]
+        found = _check(probes)
+        probes.last = (time.monotonic(), found)
+        return found
+
+
+def _check(probes: Probes) -> dict[str, str]:
     found: dict[str, str] = {}
     checks: dict[tuple[str, ...], Callable[[], dict[str, str]]] = {
         ("database", "migrations"): probes.check_database,

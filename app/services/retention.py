@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import Select, delete, select, text, update
+from sqlalchemy import Select, delete, or_, select, text, update
 
 from app.db import db
 from app.models import (
@@ -60,8 +60,10 @@ def _soft_delete(model, ids: list, now: datetime) -> int:
 
 
 def soft_delete_executions(now: datetime | None = None) -> int:
-    """Soft-delete the finished runs (succeeded, failed, cancelled) created more than
-    ``retention_executions_days`` ago, with their node rows; returns the number of runs.
+    """Soft-delete the finished runs (succeeded, failed, cancelled) created and finished more
+    than ``retention_executions_days`` ago, with their node rows; returns the number of runs.
+    (A run created long ago that finished yesterday, after a long wait or a late retry, stays
+    for its full period; the filter on ``created_at`` lets the batches use its index.)
 
     A queued, running or waiting run is kept however old: it is still work in progress (a long
     wait, or a stuck run the reaper hands on), and its worker would write to a hidden row.
@@ -82,6 +84,8 @@ def soft_delete_executions(now: datetime | None = None) -> int:
     runs = _in_batches(
         select(Execution.id).where(Execution.deleted_at.is_(None),
                                    Execution.created_at < cutoff,
+                                   or_(Execution.finished_at.is_(None),
+                                       Execution.finished_at < cutoff),
                                    Execution.status.in_(FINAL_STATES)),
         with_nodes, settings.retention_batch)
     log.info("retention executions: soft-deleted %d finished runs and %d node rows "
@@ -102,8 +106,9 @@ def _soft_delete_older(model, days: int, now: datetime | None) -> int:
 
 
 def soft_delete_ai_history(now: datetime | None = None) -> int:
-    """Soft-delete the AI exchanges older than ``retention_ai_history_days`` (they leave the
-    conversations' memory at once); returns how many."""
+    """Soft-delete the AI exchanges older than ``retention_ai_history_days``; returns how many.
+    (A conversation's cached memory, its last few messages, is not touched: it expires an hour
+    after the conversation's last exchange.)"""
     return _soft_delete_older(
         AIHistory, current_app.config["SETTINGS"].retention_ai_history_days, now)
 

@@ -23,12 +23,15 @@ class FakeN8n(LocalService):
     def __init__(self) -> None:
         super().__init__(self._answer)
         self.refuse: str | None = None
+        self.missing = False
 
     def _answer(self, seen):
         if seen.headers.get("x-n8n-api-key") != API_KEY:
             return 401, {"message": "unauthorized"}
         if self.refuse:
             return 400, {"message": self.refuse}
+        if self.missing and seen.method == "PUT":
+            return 404, {"message": "Not Found"}
         workflow_id = seen.path.rsplit("/", 1)[1] if seen.method != "POST" else "n8nWf1"
         if seen.method == "DELETE":
             return 200, {"id": workflow_id}
@@ -42,6 +45,7 @@ FAKE = FakeN8n().start()
 def n8n():
     FAKE.seen.clear()
     FAKE.refuse = None
+    FAKE.missing = False
     return FAKE
 
 
@@ -147,9 +151,18 @@ def test_deleting_a_workflow_deletes_its_copy_and_a_refusal_keeps_both(api, n8n)
     refused = api.delete(f"/workflows/{workflow_id}")
     assert refused.status_code == 502
     assert refused.get_json()["error"]["message"] == (
-        "n8n refused to delete its copy (400); the workflow was not deleted")
+        "n8n refused to delete its copy (400: workflow is in use); the workflow was not deleted")
     assert api.get(f"/workflows/{workflow_id}").status_code == 200
     n8n.refuse = None
     assert api.delete(f"/workflows/{workflow_id}").status_code == 204
     assert (n8n.seen[-1].method, n8n.seen[-1].path) == ("DELETE", "/api/v1/workflows/n8nWf1")
     assert api.get(f"/workflows/{workflow_id}").status_code == 404
+
+
+def test_a_copy_deleted_in_n8n_is_created_again_on_the_next_save(api, n8n):
+    workflow_id = api.post("/workflows", DEFINITION).get_json()["id"]
+    n8n.missing = True  # someone deleted the copy in n8n
+    saved = api.put(f"/workflows/{workflow_id}", {**DEFINITION, "name": "Again"})
+    assert saved.status_code == 200, saved.get_json()
+    assert [(s.method, s.path) for s in n8n.seen[-2:]] == [
+        ("PUT", "/api/v1/workflows/n8nWf1"), ("POST", "/api/v1/workflows")]

@@ -32,6 +32,7 @@ from app import create_app
 from app.config import PROJECT_ROOT
 from app.db import db
 from app.models import Execution, utcnow
+from app.services import readiness
 from tests.conftest import (
     REDIS_URL,
     TEST_KEK,
@@ -228,7 +229,8 @@ def test_readyz_gives_up_on_parts_that_never_answer(build_app, silent_port):
     assert PASSWORD not in json.dumps(body)
 
 
-def test_readyz_says_when_migrations_are_not_current(app):
+def test_readyz_says_when_migrations_are_not_current(app, monkeypatch):
+    monkeypatch.setattr(readiness, "REUSE_S", 0)  # each probe fresh, not the last one's result
     head = ScriptDirectory(str(PROJECT_ROOT / "migrations")).get_revision("head")
     with db.engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = :old"),
@@ -245,6 +247,17 @@ def test_readyz_says_when_migrations_are_not_current(app):
         f"{head.revision} (run the release step)")
     assert body["checks"]["database"] == "ok"
     assert ready(app)[0] == 200
+
+
+def test_a_flood_of_readyz_probes_the_parts_once_per_second(app, monkeypatch):
+    """/readyz needs no sign-in and opens fresh connections: callers share one probe."""
+    probes = readiness._probes(app)
+    calls = []
+    original = probes.check_database
+    monkeypatch.setattr(probes, "check_database", lambda: calls.append(1) or original())
+    client = app.test_client()
+    assert all(client.get("/readyz").status_code == 200 for _ in range(5))
+    assert len(calls) == 1
 
 
 def test_probes_are_neither_rate_limited_nor_signed_in(app):

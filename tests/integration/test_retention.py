@@ -126,6 +126,14 @@ def test_finished_runs_older_than_90_days_go_with_their_nodes(app, owner, now, c
     assert "soft-deleted 3 finished runs and 6 node rows" in caplog.text
 
 
+def test_a_run_that_finished_recently_stays_however_old_it_is(app, owner, now):
+    """Created 91 days ago, parked or retried, finished yesterday: kept its full period."""
+    late = add_run(owner, now - 91 * DAY, finished_at=now - DAY)
+    done = add_run(owner, now - 91 * DAY, finished_at=now - 90 * DAY - HOUR)
+    assert retention.soft_delete_executions(now) == 1
+    assert deleted_at(Execution, late) is None and deleted_at(Execution, done) == now
+
+
 def test_runs_still_in_progress_stay_however_old(app, owner, now):
     unfinished = [add_run(owner, now - 400 * DAY, status)
                   for status in ("queued", "running", "waiting")]

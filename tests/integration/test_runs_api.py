@@ -88,6 +88,18 @@ def test_the_same_idempotency_key_starts_one_run(api):
     assert db.session.scalar(select(func.count()).select_from(Execution)) == 1
 
 
+def test_an_idempotency_key_of_the_longest_allowed_length_works(api):
+    """The stored key holds a digest of the client's: 200 characters fit its column."""
+    workflow_id = api.post("/api/v1/workflows", chain("{{ 1 }}")).get_json()["id"]
+    path, key = f"/api/v1/workflows/{workflow_id}/run", "k" * 200
+    first = api.post(path, {"input": {}}, **{"Idempotency-Key": key})
+    assert first.status_code == 202, first.get_json()
+    again = api.post(path, {"input": {}}, **{"Idempotency-Key": key}).get_json()
+    assert again["execution_id"] == first.get_json()["execution_id"]
+    too_long = api.post(path, {"input": {}}, **{"Idempotency-Key": key + "k"})
+    assert too_long.status_code == 422
+
+
 def test_idempotency_survives_losing_redis(app, api):
     workflow_id = api.post("/api/v1/workflows", chain("{{ 1 }}")).get_json()["id"]
     path = f"/api/v1/workflows/{workflow_id}/run"

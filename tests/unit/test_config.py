@@ -210,3 +210,10 @@ def test_a_malformed_kek_is_one_problem_not_also_a_missing_one(tmp_path):
     check = read_settings({"JOBSPRINT_INSTANCE_PATH": str(tmp_path), "SECRET_KEY": SECRET,
                            "DATABASE_URL": "postgresql://db/x", "JOBSPRINT_KEK": "abc"})
     assert check.problems == ["JOBSPRINT_KEK: key 1 is not valid base64"]
+
+
+def test_passwords_in_url_queries_are_masked_too():
+    assert redact_url("postgresql://h/db?password=s3cret&sslmode=require") == (
+        "postgresql://h/db?password=***&sslmode=require")
+    assert redact_url("redis://h:6379/0?password=abc") == "redis://h:6379/0?password=***"
+    assert redact_url("https://u:tok@h/v1") == "https://u:***@h/v1"

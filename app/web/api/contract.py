@@ -71,10 +71,10 @@ ERROR_MEANINGS = {
     404: "No such resource among yours (another user's id answers 404 too).",
     409: "The request conflicts with the resource's state.",
     413: "The body is over the size limit.",
-    415: "The body is not JSON.",
     422: "The Idempotency-Key is invalid or was used with a different request.",
     429: "Rate limited; see the Retry-After header.",
     502: "A service Jobsprint must keep in step (n8n) refused or failed; nothing was saved.",
+    503: "The database or Redis cannot be reached; see Retry-After.",
 }
 
 

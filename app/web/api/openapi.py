@@ -9,10 +9,12 @@ from flask import Flask, current_app, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from app.services import idempotency
 from app.web.api import bp
 from app.web.api.contract import ERROR_MEANINGS, OPERATIONS, Body, Error, Operation, Query
 
-COMMON_ERRORS = (400, 401, 429)  # every authenticated operation: bad query/body, token, limit
+# Every authenticated operation: bad query/body, token, limit, and the database or Redis down.
+COMMON_ERRORS = (400, 401, 429, 503)
 REF = "#/components/schemas/{model}"
 
 
@@ -98,8 +100,9 @@ def _operation(spec: Operation, endpoint: str, path_parameters: list[dict],
     if spec.query is not None:
         parameters.extend(_query_parameters(spec.query))
     parameters.extend({"name": name, "in": "header", "required": False,
-                       "schema": {"type": "string", "maxLength": 255}, "description": text}
-                      for name, text in spec.headers.items())
+                       "schema": {"type": "string", "minLength": 1,
+                                  "maxLength": idempotency.MAX_CLIENT_KEY},
+                       "description": text} for name, text in spec.headers.items())
     statuses = set(spec.errors) | (set() if spec.public else set(COMMON_ERRORS))
     if path_parameters:
         statuses.add(404)
