@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import requests
@@ -68,7 +68,8 @@ def test_every_api_route_and_method_is_in_the_document(app, client):
 
 
 def test_a_route_without_a_declaration_breaks_the_document(app):
-    fresh = create_app(app.config["SETTINGS"])
+    # No in-process workers or clock: a clock left running would fire other tests' schedules.
+    fresh = create_app(replace(app.config["SETTINGS"], inline_workers=False))
     fresh.add_url_rule("/api/v1/undeclared", endpoint="api.undeclared", view_func=lambda: "")
     with pytest.raises(Undocumented, match="api.undeclared"):
         document(fresh)
