@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 from sqlalchemy import select
+from werkzeug.serving import make_server
 
 from app.db import db
 from app.models import User
@@ -74,3 +76,14 @@ class ApiClient:
 @pytest.fixture
 def api_client(client, auth) -> ApiClient:
     return ApiClient(client, auth.register_api()["token"])
+
+
+@pytest.fixture
+def live_server(app):
+    """The app behind a real threaded HTTP server on a free loopback port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(5)

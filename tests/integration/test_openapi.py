@@ -5,7 +5,6 @@ response that breaks the document, and any answer that shows another user's data
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from dataclasses import dataclass, field, replace
 
@@ -16,7 +15,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from werkzeug.serving import make_server
 
 from app import create_app
 from app.web.api.openapi import Undocumented, document
@@ -35,16 +33,6 @@ def settings_overrides() -> dict:
     # The limits are tested elsewhere; here they would only turn most cases into 429s.
     return {"api_rate_limit": "100000 per minute", "login_rate_limit": "100000 per minute",
             "register_rate_limit": "100000 per minute"}
-
-
-@pytest.fixture
-def live_server(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
 
 
 # --- the document -------------------------------------------------------------------------

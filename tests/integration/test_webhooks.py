@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import pytest
 import requests
 from sqlalchemy import func, select, update
-from werkzeug.serving import make_server
 
 from app.db import db
 from app.models import AuditLog, Execution, TriggerEvent, Webhook, WebhookLink, utcnow
@@ -610,16 +609,6 @@ def test_secrets_never_reach_lists_logs_or_audit_rows(api, client, caplog, hook)
 
 
 # --- a real threaded server ----------------------------------------------------------
-
-@pytest.fixture
-def live_server(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
-
 
 def _wait_all_finished(ids: list[str], timeout: float = 90) -> dict[str, str]:
     deadline = time.monotonic() + timeout
