@@ -168,3 +168,17 @@ class AuthActions:
 @pytest.fixture
 def auth(client) -> AuthActions:
     return AuthActions(client)
+
+
+def pytest_sessionfinish(session) -> None:
+    """Name any non-daemon thread a test left running: the interpreter waits for it at exit,
+    so the run would print its result and then never end."""
+    import threading
+
+    left = [t.name for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"non-daemon threads still running (the process will wait for "
+                                f"them): {', '.join(left)}", red=True)

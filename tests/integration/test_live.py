@@ -80,8 +80,18 @@ class Browser:
         return self.client.open(path, method=method, json=json, headers=self.headers)
 
     def socket(self, host: str, path: str) -> simple_websocket.Client:
-        return simple_websocket.Client.connect(f"ws://{host}{path}",
-                                               headers={"Cookie": f"session={self.cookie}"})
+        return connect(f"ws://{host}{path}", headers={"Cookie": f"session={self.cookie}"})
+
+
+def connect(url: str, **options) -> simple_websocket.Client:
+    """A WebSocket client whose reader thread is a daemon: a test that fails before closing
+    its socket must not keep the test process alive at exit (simple_websocket's thread is not
+    a daemon, and the server keeps a socket it was not told to close open for good)."""
+    return simple_websocket.Client.connect(url, thread_class=_daemon_thread, **options)
+
+
+def _daemon_thread(target) -> threading.Thread:
+    return threading.Thread(target=target, daemon=True)
 
 
 def receive_all(ws, until, timeout=15.0) -> list[str]:
@@ -173,14 +183,14 @@ def test_a_run_streams_queued_running_nodes_succeeded_in_order(app, live):
         ws.close()
 
 
-def refused(connect) -> tuple[int | None, list]:
+def refused(open_socket) -> tuple[int | None, list]:
     """Connect and wait for the close. Nothing may ever be received. A loaded machine
     sometimes loses the close frame of a socket closed right after its handshake (the client
     then reports 1005, "no status"); the code is then checked on a second connection."""
-    code, got = closed_with(connect())
+    code, got = closed_with(open_socket())
     assert got == []
     if code == 1005:
-        code, got = closed_with(connect())
+        code, got = closed_with(open_socket())
         assert got == []
     return code, got
 
@@ -191,10 +201,10 @@ def test_another_users_socket_is_closed_with_1008_and_hears_nothing(app, live):
     run_id = alice.api("POST", f"/api/v1/workflows/{workflow_id}/run",
                        {"input": {"n": 1}}).get_json()["execution_id"]
     assert refused(lambda: mallory.socket(live, f"/ws/executions/{run_id}")) == (1008, [])
-    assert refused(lambda: simple_websocket.Client.connect(
+    assert refused(lambda: connect(
         f"ws://{live}/ws/dashboard")) == (1008, [])
     assert refused(lambda: alice.socket(live, "/ws/executions/not-a-uuid")) == (1008, [])
-    assert refused(lambda: simple_websocket.Client.connect(
+    assert refused(lambda: connect(
         f"ws://{live}/ws/dashboard", headers={"Cookie": f"session={alice.cookie}",
                                               "Origin": "http://evil.example"})) == (1008, [])
     # The pages agree: another user's run is a 404, anonymous is sent to sign in.
