@@ -395,6 +395,7 @@ def _wait_until(moment: float) -> None:
 
 
 @pytest.mark.services
+@pytest.mark.timeout(600)  # three real minutes of an every-minute schedule, and the setup
 @pytest.mark.parametrize("mode", ["production"])
 def test_two_clock_processes_over_three_minutes_fire_each_slot_exactly_once(app, api, tmp_path):
     """LONG (about 4 minutes). Two `python -m jobs.scheduler` processes tick every 0.5 s
