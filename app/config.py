@@ -12,7 +12,6 @@ import base64
 import binascii
 import hashlib
 import os
-import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -20,6 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from app.redaction import redact
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -212,36 +213,21 @@ class Settings:
             elif f.name in {"secret_key", "n8n_api_key"}:
                 shown = "set (hidden)" if value else "(not set)"
             elif f.name in {"database_url", "redis_url", "queue_url", "rate_limit_storage_url"}:
-                shown = redact_url(value) if value else "(embedded)"
+                shown = redact(value) if value else "(embedded)"
             elif f.name == "oauth_providers":  # their client secrets stay out of sight
                 shown = ", ".join(p.name for p in value) or "(none)"
             elif f.name == "ai_prices":
                 shown = ", ".join(f"{m}={i:g}/{o:g}" for m, i, o in value) or "(none)"
             elif f.name == "ai_providers":
-                shown = ", ".join(f"{name}={redact_url(url)}" for name, url in value) or "(none)"
+                shown = ", ".join(f"{name}={redact(url)}" for name, url in value) or "(none)"
             elif f.name == "http_allow":
                 shown = ", ".join(value) or "(none)"
             elif value is None:
                 shown = "(not set)"
             else:
-                shown = redact_url(value) if f.name in {"n8n_api_url", "base_url"} else str(value)
+                shown = redact(value) if f.name in {"n8n_api_url", "base_url"} else str(value)
             rows.append((f.name, shown))
         return rows
-
-
-_QUERY_PASSWORD = re.compile(r"([?&](?:password|pass|pwd|token|key)=)[^&#]*", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of a service URL: ``postgresql://u:***@host/db``, and a password
-    given as a query parameter (``?password=…``, which libpq and redis-py accept)."""
-    url = _QUERY_PASSWORD.sub(r"\1***", url)
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
 def parse_boolean(name: str, raw: str) -> bool:
@@ -303,7 +289,7 @@ def parse_http_url(name: str, raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{name}: expected an http:// or https:// URL, got "
-                          f"{redact_url(raw)!r}")
+                          f"{redact(raw)!r}")
     return raw.rstrip("/")
 
 

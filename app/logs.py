@@ -23,21 +23,17 @@ import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+from app.redaction import redact
+
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 execution_id: ContextVar[str | None] = ContextVar("execution_id", default=None)
 
 # What a caller may choose as a request id: short, and safe to echo in a header and a log.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@", re.IGNORECASE)
 ENVIRON_KEY = "jobsprint.request_id"
 # Libraries whose INFO lines are transport detail (pika: about 15 per connection, and a
 # readiness probe opens one): shown at DEBUG only.
 CHATTY = ("pika",)
-
-
-def redact(text: str) -> str:
-    """``amqp://guest:secret@host`` → ``amqp://guest:***@host``."""
-    return _URL_PASSWORD.sub(r"\1***@", text) if "://" in text else text
 
 
 class ContextFilter(logging.Filter):

@@ -28,7 +28,7 @@ from sqlalchemy.pool import NullPool
 
 from app.config import PROJECT_ROOT, Settings
 from app.db import db
-from app.logs import redact
+from app.redaction import redact
 
 TIMEOUT_S = 2.0
 OK = "ok"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from app import check_config
-from app.config import ConfigError, load_settings, parse_keks, read_settings, redact_url
+from app.config import ConfigError, load_settings, parse_keks, read_settings
+from app.redaction import redact as redact_url
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = base64.b64encode(b"k" * 32).decode()
