@@ -1,18 +1,26 @@
-"""The per-process hub: one pub/sub subscription, fanned out to this process's sockets.
+"""The per-process hub: one pub/sub connection, fanned out to this process's sockets.
 
-Every web process holds ONE subscription (the pattern ``events:*``) on a background thread,
-however many sockets it serves. A message for a user with no socket here is dropped after a
-dictionary lookup, before its JSON is parsed. A message for a user with sockets is parsed once
-and offered to each of that user's inboxes (``Subscriber``): bounded queues that never block
-the hub. An inbox that overflows is marked dropped and its socket shut down, so one slow
-client costs only itself; the browser's ws extension reconnects and gets the state afresh.
+Every web process holds ONE pub/sub connection on a background thread, however many sockets
+it serves, subscribed to the channel (``events:<user id>``) of each user with a socket or a
+waiter here: events of users nobody watches in this process never reach it (a webhook flood
+whose runs nobody watches costs the web process nothing here). A user's channel is subscribed
+when their first inbox registers (``register`` returns once Redis confirmed it, so nothing
+published after that is missed) and stays subscribed ``LINGER_S`` after their last inbox left,
+so a page reload or a stream of webhook waiters does not subscribe again each time. The hub
+thread learns of a new user at once through a PUBLISH to its own control channel.
+
+A message is parsed once and offered to each of that user's inboxes (``Subscriber``): bounded
+queues that never block the hub. An inbox that overflows is marked dropped and its socket shut
+down, so one slow client costs only itself; the browser's ws extension reconnects and gets the
+state afresh.
 
 The hub starts lazily, with the first socket (so it never runs in a gunicorn master before
 the fork). When the store goes away it retries with backoff (0.1 s doubling to 5 s, with
-jitter) and never raises into the web process; once subscribed again it asks every inbox to
-resync, because events published while it was away are lost: each socket then re-sends the
-current state from the database. The embedded default's in-process store (fakeredis) has the
-same pub/sub, delivered across threads, so both run modes take this one code path.
+jitter) and never raises into the web process; once every wanted channel is subscribed again
+it asks every inbox to resync, because events published while it was away are lost: each
+socket then re-sends the current state from the database. The embedded default's in-process
+store (fakeredis) has the same pub/sub, delivered across threads, so both run modes take this
+one code path.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -31,8 +40,9 @@ import redis
 
 log = logging.getLogger(__name__)
 
-PATTERN = "events:*"
-PREFIX = "events:"
+PREFIX = "events:"  # + user id: what app.live.events publishes to
+CONTROL_PREFIX = "events-hub:"  # + a hub's own id: wakes that hub's thread
+LINGER_S = 30.0  # a user's channel stays subscribed this long after its last inbox closed
 
 
 class Event:
@@ -127,36 +137,55 @@ class Subscriber:
 
 
 class Hub:
-    """One pub/sub subscription for the process; see the module docstring."""
+    """The process's subscription to the channels of the users it serves; see the module
+    docstring."""
 
     def __init__(self, store: redis.Redis, *, backoff_min_s: float = 0.1,
-                 backoff_max_s: float = 5.0, ping_s: float = 15.0) -> None:
+                 backoff_max_s: float = 5.0, ping_s: float = 15.0,
+                 linger_s: float = LINGER_S) -> None:
         self.store = store
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.ping_s = ping_s
+        self.linger_s = linger_s
         self._users: dict[str, set[Subscriber]] = {}
+        # per user whose channel is wanted: set once its subscription is confirmed on the
+        # current connection (cleared when the connection goes)
+        self._confirmed: dict[str, threading.Event] = {}
+        self._idle_since: dict[str, float] = {}  # users without inboxes, still subscribed
+        self._dirty = False  # the wanted channels changed since the hub thread last looked
+        self._requested: set[str] = set()  # users subscribed on the current connection
+        self._control = f"{CONTROL_PREFIX}{uuid.uuid4().hex}"
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self.ready = threading.Event()  # subscribed right now
+        self.ready = threading.Event()  # connected and listening right now
         self.connects = 0  # successful subscriptions so far (1 + reconnects)
         self.delivered = 0
 
     # --- sockets --------------------------------------------------------------------------
 
     def register(self, subscriber: Subscriber, *, wait_s: float = 2.0) -> bool:
-        """Route the user's events to ``subscriber`` from now on. Returns whether the hub is
-        subscribed (waiting up to ``wait_s`` when it is just starting); if not, the socket
+        """Route the user's events to ``subscriber`` from now on. Returns whether the user's
+        channel is subscribed (waiting up to ``wait_s`` for a new one); if not, the socket
         still serves the database's state and is told to resync once the hub is back."""
+        user = subscriber.user_id
         with self._lock:
-            self._users.setdefault(subscriber.user_id, set()).add(subscriber)
+            self._users.setdefault(user, set()).add(subscriber)
+            self._idle_since.pop(user, None)
+            confirmed = self._confirmed.get(user)
+            if confirmed is None:
+                confirmed = self._confirmed[user] = threading.Event()
+                self._dirty = True
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
                 self._thread = threading.Thread(target=self._run, name="live-hub",
                                                 daemon=True)
                 self._thread.start()
-        return self.ready.wait(wait_s)
+        if confirmed.is_set():
+            return True
+        self._wake()
+        return confirmed.wait(wait_s)
 
     def unregister(self, subscriber: Subscriber) -> None:
         subscriber.close()
@@ -166,16 +195,28 @@ class Hub:
                 subscribers.discard(subscriber)
                 if not subscribers:
                     del self._users[subscriber.user_id]
+                    self._idle_since[subscriber.user_id] = time.monotonic()
 
     def sockets(self) -> int:
         with self._lock:
             return sum(len(s) for s in self._users.values())
+
+    def channels(self) -> int:
+        """Users whose channel this process wants (with inboxes, or lingering)."""
+        with self._lock:
+            return len(self._confirmed)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
         self.ready.clear()
+
+    def _wake(self) -> None:
+        """Have the hub thread look at the wanted channels now (it may be waiting for a
+        message): one PUBLISH to its own control channel."""
+        with contextlib.suppress(redis.RedisError):
+            self.store.publish(self._control, "")
 
     # --- the subscription thread ----------------------------------------------------------
 
@@ -185,8 +226,7 @@ class Hub:
             pubsub = None
             try:
                 pubsub = self.store.pubsub()
-                pubsub.psubscribe(PATTERN)
-                self._await_subscribed(pubsub)
+                self._subscribe_all(pubsub)
                 self.connects += 1
                 self.ready.set()
                 if self.connects > 1:
@@ -202,6 +242,9 @@ class Hub:
                 log.exception("live: hub failed; restarting it")
             finally:
                 self.ready.clear()
+                with self._lock:
+                    for confirmed in self._confirmed.values():
+                        confirmed.clear()
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         pubsub.close()
@@ -209,19 +252,57 @@ class Hub:
                 break
             delay = min(self.backoff_max_s, delay * 2)
 
-    def _await_subscribed(self, pubsub) -> None:
+    def _wanted(self, now: float) -> set[str]:
+        """The users whose channel must be subscribed; forgets those that lingered long
+        enough."""
+        with self._lock:
+            self._dirty = False
+            for user, since in list(self._idle_since.items()):
+                if now - since >= self.linger_s:
+                    del self._idle_since[user]
+                    self._confirmed.pop(user, None)
+            return set(self._confirmed)
+
+    def _subscribe_all(self, pubsub) -> None:
+        """A new connection: the control channel and every wanted user's, each confirmed
+        before the hub counts as subscribed (a resync must not run ahead of them)."""
+        self._requested = self._wanted(time.monotonic())
+        channels = [self._control, *(PREFIX + user for user in self._requested)]
+        pubsub.subscribe(*channels)
+        waiting = set(channels)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not self._stop.is_set():
+        while waiting and time.monotonic() < deadline and not self._stop.is_set():
             message = pubsub.get_message(timeout=1.0)
-            if message and message.get("type") == "psubscribe":
-                return
-        raise redis.ConnectionError("no subscription confirmation")
+            if message and message.get("type") == "subscribe":
+                waiting.discard(message["channel"])
+                self._confirm(message["channel"])
+        if waiting:
+            raise redis.ConnectionError("no subscription confirmation")
+
+    def _confirm(self, channel: str) -> None:
+        if channel.startswith(PREFIX):
+            with self._lock:
+                confirmed = self._confirmed.get(channel[len(PREFIX):])
+            if confirmed is not None:
+                confirmed.set()
+
+    def _sync(self, pubsub, now: float) -> None:
+        """Subscribe the channels newly wanted, unsubscribe those no longer wanted."""
+        wanted = self._wanted(now)
+        if new := wanted - self._requested:
+            pubsub.subscribe(*(PREFIX + user for user in new))
+        if gone := self._requested - wanted:
+            pubsub.unsubscribe(*(PREFIX + user for user in gone))
+        self._requested = wanted
 
     def _listen(self, pubsub) -> None:
-        last_heard = last_ping = time.monotonic()
+        last_heard = last_ping = last_sync = time.monotonic()
         while not self._stop.is_set():
             message = pubsub.get_message(timeout=1.0)
             now = time.monotonic()
+            if self._dirty or now - last_sync >= 1.0:
+                self._sync(pubsub, now)
+                last_sync = now
             if message is None:
                 if now - last_ping >= self.ping_s:
                     pubsub.ping()  # a half-open connection shows up as silence after this
@@ -230,8 +311,11 @@ class Hub:
                     raise redis.ConnectionError("no answer to the pub/sub ping")
                 continue
             last_heard = now
-            if message.get("type") == "pmessage":
+            kind = message.get("type")
+            if kind == "message" and message["channel"] != self._control:
                 self._dispatch(message["channel"], message["data"], now)
+            elif kind == "subscribe":
+                self._confirm(message["channel"])
 
     def _dispatch(self, channel: str, data: str, now: float) -> None:
         user_id = channel[len(PREFIX):] if channel.startswith(PREFIX) else None

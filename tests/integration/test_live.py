@@ -376,3 +376,46 @@ def test_a_slow_socket_is_dropped_and_never_holds_up_the_others():
         assert other.wait(0.2) == ([], False)
     finally:
         hub.stop()
+
+
+def test_the_hub_hears_only_the_users_it_serves_and_lets_a_channel_go_after_a_while():
+    """Per-user channels: a user with no inbox here is not subscribed (their events never
+    reach this process); a newcomer is subscribed at once and hears the next event; a user
+    whose last inbox left stays subscribed for the linger time, then is let go."""
+    import fakeredis
+
+    from app.live.events import channel, publish_many
+    from app.live.hub import Hub, Subscriber
+
+    store = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    hub = Hub(store, linger_s=1.0)
+
+    def subscribed(user: str) -> int:
+        return dict(store.pubsub_numsub(channel(user)))[channel(user)]
+
+    try:
+        first = Subscriber("u1")
+        assert hub.register(first)
+        assert (subscribed("u1"), subscribed("u2")) == (1, 0)
+        publish_many(store, "u2", [{"type": "run", "n": i} for i in range(50)])
+        newcomer = Subscriber("u2")
+        assert hub.register(newcomer)  # confirmed: what is published from now on arrives
+        publish_many(store, "u2", [{"type": "run", "n": 50}])
+        events, _ = newcomer.wait(5)
+        assert [e.data["n"] for e in events] == [50]
+        assert hub.delivered == 1  # the 50 before were never sent to this process
+
+        hub.unregister(newcomer)
+        assert subscribed("u2") == 1 and hub.channels() == 2  # lingering
+        again = Subscriber("u2")
+        assert hub.register(again, wait_s=0)  # still subscribed: no wait at all
+        hub.unregister(again)
+        deadline = time.monotonic() + 5
+        while subscribed("u2"):
+            assert time.monotonic() < deadline, "the channel was never let go"
+            time.sleep(0.1)
+        assert hub.channels() == 1 and subscribed("u1") == 1
+        assert hub.register(Subscriber("u2"))  # and comes back when wanted
+        assert subscribed("u2") == 1
+    finally:
+        hub.stop()
