@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 NODE_TYPE = "trigger.webhook"
 TOLERANCE_S = 300
+RECENT_S = 1.0  # how long a process uses a webhook's config again without asking Redis
+RECENT_MAX = 10_000  # configs remembered per process (then it starts afresh)
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix that secret scanners recognise
 # Request headers a run may see; never signatures, cookies or credentials.
 ALLOWED_HEADERS = ("content-type", "user-agent", "x-request-id", "x-github-event",
@@ -172,7 +174,7 @@ def _forget_after_commit(tokens: set[str]) -> None:
     """Drop the cached configs now and again once the transaction commits, so a reader that
     re-cached the old state in between does not keep it."""
     for token in tokens:
-        cache.forget(cache_key(token))
+        forget_config(token)
     db.session().info.setdefault(_FORGET, set()).update(tokens)
 
 
@@ -180,7 +182,13 @@ def _forget_after_commit(tokens: set[str]) -> None:
 def _forget_committed(session: Session) -> None:
     tokens = session.info.pop(_FORGET, None)
     for token in tokens or ():
-        cache.forget(cache_key(token))
+        forget_config(token)
+
+
+def forget_config(token: str) -> None:
+    """Drop the cached config of ``token`` (Redis and this process)."""
+    cache.forget(cache_key(token))
+    _recent().pop(token, None)
 
 
 @event.listens_for(Session, "after_rollback")
@@ -246,13 +254,45 @@ def _load_config(token: str) -> dict | None:
             "body_limit": hook.body_limit, "links": links}
 
 
-def lookup(token: str) -> HookConfig:
-    """The webhook behind ``token`` with at least one active workflow, else ``NotFound``."""
+def _recent() -> dict[str, tuple[float, HookConfig]]:
+    """This process's configs read in the last ``RECENT_S``: token → (read at, config)."""
+    return current_app.extensions.setdefault("jobsprint.recent_hooks", {})
+
+
+def lookup(token: str, *, fresh: bool = False) -> HookConfig:
+    """The webhook behind ``token`` with at least one active workflow, else ``NotFound``.
+
+    A config this process read in the last ``RECENT_S`` is used again without asking Redis
+    (under load that is one round trip fewer per delivery); ``fresh`` asks anyway. A change
+    made through another process is therefore seen here up to ``RECENT_S`` late, which
+    costs nothing: a delivery for a workflow deactivated meanwhile starts no run (the intake
+    reads which workflows are active when it stores), and a signature that fails against a
+    recent config is checked again against a fresh one (see ``check_again``)."""
     if not token or len(token) > 64:
         raise NotFound("no webhook at this address")
+    recent = _recent()
+    now = time.monotonic()
+    if not fresh and (hit := recent.get(token)) is not None and now - hit[0] < RECENT_S:
+        return hit[1]
     entry = cache.get_or_load(cache_key(token), lambda: _load_config(token))
     if entry is None or not entry["links"]:
+        recent.pop(token, None)
         raise NotFound("no webhook at this address")
+    hook = _config(entry)
+    if len(recent) >= RECENT_MAX:
+        recent.clear()
+    recent[token] = (now, hook)
+    return hook
+
+
+def check_again(token: str, hook: HookConfig) -> HookConfig | None:
+    """After a signature failed: the fresh config if it differs from ``hook`` (its secret
+    may have been rotated through another process a moment ago), else None."""
+    newer = lookup(token, fresh=True)
+    return None if newer == hook else newer
+
+
+def _config(entry: dict) -> HookConfig:
     return HookConfig(
         id=uuid.UUID(entry["id"]), user_id=uuid.UUID(entry["user_id"]), scheme=entry["scheme"],
         kek_id=entry["kek_id"], wrapped_key=_unb64(entry["wrapped_key"]),

@@ -245,7 +245,8 @@ def test_a_timestamp_299_s_away_still_verifies(client, hook, monkeypatch):
     # The verifier's clock is held still: a second passing between signing and checking
     # would make 299 s into 300 s on a loaded machine.
     now = _now()
-    monkeypatch.setattr(webhooks, "time", SimpleNamespace(time=lambda: float(now)))
+    monkeypatch.setattr(webhooks, "time", SimpleNamespace(time=lambda: float(now),
+                                                    monotonic=time.monotonic))
     for offset in (-299, 299):
         data = raw({**BODY, "offset": offset})
         assert deliver(client, path, data,
@@ -344,11 +345,27 @@ def test_rotation_keeps_the_old_secret_valid_until_its_grace_ends(app, api, clie
                                               - timedelta(seconds=1)))
     db.session.commit()
     with app.app_context():
-        cache.forget(webhooks.cache_key(path.rsplit("/", 1)[1]))
+        webhooks.forget_config(path.rsplit("/", 1)[1])
     expired = signed(client, path, old, body={**BODY, "n": 3})
     assert expired.status_code == 401
     assert signed(client, path, new, body={**BODY, "n": 4}).status_code == 202
     assert api.webhook(workflow_id)["previous_secret_expires_at"] is None
+
+
+def test_a_secret_rotated_through_another_process_verifies_at_once(app, api, client, hook):
+    """Each process reuses a config it read in the last second; a signature that fails
+    against it is checked again against a fresh one, so a rotation made through another web
+    process is never a 401 for the new secret."""
+    workflow_id, path, old = hook
+    token = path.rsplit("/", 1)[1]
+    assert signed(client, path, old).status_code == 202
+    recent = app.extensions["jobsprint.recent_hooks"]
+    before = recent[token]
+    new = api.post(f"/api/v1/workflows/{workflow_id}/webhook/rotate-secret").get_json()["secret"]
+    recent[token] = before  # as if the rotation had happened in another process
+    assert signed(client, path, new, body={**BODY, "n": 2}).status_code == 202
+    assert recent[token][1] != before[1]  # the fresh config replaced the stale one
+    assert signed(client, path, "whsec_wrong", body={**BODY, "n": 3}).status_code == 401
 
 
 def test_rotation_takes_effect_at_once_through_the_cache(app, api, client, hook):
