@@ -76,9 +76,13 @@ RETENTION_CHECK_S = 60.0
 RETENTION_JOBS: tuple[PeriodicJob, ...] = (
     PeriodicJob("retention.executions", retention.soft_delete_executions,
                 period_setting="retention_every_s"),
+    PeriodicJob("retention.trigger_events", retention.soft_delete_trigger_events,
+                period_setting="retention_every_s"),
     PeriodicJob("retention.ai_history", retention.soft_delete_ai_history,
                 period_setting="retention_every_s"),
     PeriodicJob("retention.audit_logs", retention.soft_delete_audit_logs,
+                period_setting="retention_every_s"),
+    PeriodicJob("retention.idempotency_keys", retention.delete_expired_idempotency_keys,
                 period_setting="retention_every_s"),
     PeriodicJob("retention.purge", retention.purge, period_setting="purge_every_s"),
     PeriodicJob("retention.vacuum", retention.vacuum, period_setting="vacuum_every_s"),

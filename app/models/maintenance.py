@@ -29,9 +29,12 @@ class MaintenanceRun(Base):
 
 # The indexes the retention jobs' batched statements need, declared with them:
 # - old runs are found by creation time (ai_history and audit_logs index theirs already);
-# - deleting a run makes PostgreSQL set to NULL, row by row, every reference to it: without an
-#   index on each referencing column, each deleted run would scan the whole referencing table.
+# - a trigger event is kept while a run refers to it;
+# - deleting a run (or a trigger event) makes PostgreSQL set to NULL, row by row, every
+#   reference to it: without an index on each referencing column, each deleted row would scan
+#   the whole referencing table.
 Index("ix_executions_created_at", Execution.created_at)
 Index("ix_executions_retry_of_id", Execution.retry_of_id)
+Index("ix_executions_trigger_event_id", Execution.trigger_event_id)  # also: webhook replays
 Index("ix_ai_history_execution_id", AIHistory.execution_id)
 Index("ix_idempotency_keys_execution_id", IdempotencyKey.execution_id)

@@ -1,6 +1,7 @@
-"""Retention: old runs, AI history and audit logs are soft-deleted (the clock: daily), rows
-soft-deleted long enough ago are deleted for real (monthly), and PostgreSQL is vacuumed (weekly).
-Every age and period is a setting (``JOBSPRINT_RETENTION_*``).
+"""Retention: old runs, the trigger events (webhook deliveries, schedule slots) no kept run
+refers to, AI history and audit logs are soft-deleted, and expired idempotency keys deleted
+(the clock: daily); rows soft-deleted long enough ago are deleted for real (monthly), and
+PostgreSQL is vacuumed (weekly). Every age and period is a setting (``JOBSPRINT_RETENTION_*``).
 
 Each job works in batches of ``retention_batch`` rows, each batch its own short transaction
 (select a batch of ids, change those rows, commit): no transaction holds many rows for long and
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import Select, delete, or_, select, text, update
+from sqlalchemy import Select, delete, exists, or_, select, text, update
 
 from app.db import db
 from app.models import (
@@ -25,6 +26,8 @@ from app.models import (
     Base,
     Execution,
     ExecutionNode,
+    IdempotencyKey,
+    TriggerEvent,
     isoformat,
     utcnow,
 )
@@ -33,10 +36,12 @@ log = logging.getLogger(__name__)
 
 # The order ``run_now`` runs them in: soft deletes, then the purge, then the vacuum that makes
 # the purged rows' space reusable.
-JOB_NAMES: tuple[str, ...] = ("executions", "ai_history", "audit_logs", "purge", "vacuum")
+JOB_NAMES: tuple[str, ...] = ("executions", "trigger_events", "ai_history", "audit_logs",
+                              "idempotency_keys", "purge", "vacuum")
 
-# Children first, so that a batch of runs does not also delete thousands of node rows.
-PURGED = (ExecutionNode, Execution, AIHistory, AuditLog)
+# Children first, so that a batch of runs does not also delete thousands of node rows; trigger
+# events after the runs that referred to them.
+PURGED = (ExecutionNode, Execution, TriggerEvent, AIHistory, AuditLog)
 
 
 def _in_batches(candidates: Select, change: Callable[[list], int], batch: int) -> int:
@@ -91,6 +96,39 @@ def soft_delete_executions(now: datetime | None = None) -> int:
     log.info("retention executions: soft-deleted %d finished runs and %d node rows "
              "created before %s", runs, nodes, isoformat(cutoff))
     return runs
+
+
+def soft_delete_trigger_events(now: datetime | None = None) -> int:
+    """Soft-delete the trigger events (a webhook delivery's payload, a schedule's fired slot)
+    received more than ``retention_executions_days`` ago that no kept run refers to; returns
+    how many. They go with their runs: an event whose run is still kept (in progress, or
+    finished recently) stays. Forgetting an old delivery cannot let a replay of it in: every
+    signature scheme with a timestamp refuses one older than 300 s."""
+    settings = current_app.config["SETTINGS"]
+    now = now or utcnow()
+    cutoff = now - timedelta(days=settings.retention_executions_days)
+    kept_run = exists().where(Execution.trigger_event_id == TriggerEvent.id,
+                              Execution.deleted_at.is_(None))
+    count = _in_batches(
+        select(TriggerEvent.id).where(TriggerEvent.deleted_at.is_(None),
+                                      TriggerEvent.received_at < cutoff, ~kept_run),
+        lambda ids: _soft_delete(TriggerEvent, ids, now), settings.retention_batch)
+    log.info("retention trigger_events: soft-deleted %d events received before %s that no "
+             "kept run refers to", count, isoformat(cutoff))
+    return count
+
+
+def delete_expired_idempotency_keys(now: datetime | None = None) -> int:
+    """Delete the idempotency keys past their expiry (24 h after their request); returns how
+    many. An expired key already counts for nothing (a request with it starts afresh)."""
+    now = now or utcnow()
+    count = _in_batches(
+        select(IdempotencyKey.key).where(IdempotencyKey.expires_at <= now),
+        lambda keys: db.session.execute(delete(IdempotencyKey).where(
+            IdempotencyKey.key.in_(keys), IdempotencyKey.expires_at <= now)).rowcount,
+        current_app.config["SETTINGS"].retention_batch)
+    log.info("retention idempotency_keys: deleted %d expired keys", count)
+    return count
 
 
 def _soft_delete_older(model, days: int, now: datetime | None) -> int:
@@ -165,8 +203,10 @@ def vacuum() -> int:
 
 _JOBS: dict[str, Callable[[datetime], int]] = {
     "executions": soft_delete_executions,
+    "trigger_events": soft_delete_trigger_events,
     "ai_history": soft_delete_ai_history,
     "audit_logs": soft_delete_audit_logs,
+    "idempotency_keys": delete_expired_idempotency_keys,
     "purge": purge,
     "vacuum": lambda _now: vacuum(),
 }

@@ -29,6 +29,7 @@ from app.models import (
     Execution,
     ExecutionNode,
     IdempotencyKey,
+    TriggerEvent,
     User,
     Workflow,
     utcnow,
@@ -142,6 +143,54 @@ def test_runs_still_in_progress_stay_however_old(app, owner, now):
     assert count(ExecutionNode, ExecutionNode.deleted_at.is_not(None)) == 0
 
 
+def add_event(owner, received_at, **fields) -> uuid.UUID:
+    user, workflow = owner
+    event_id = uuid.uuid4()
+    db.session.add(TriggerEvent(id=event_id, user_id=user.id, kind="schedule",
+                                dedupe_key=f"{workflow.id}:start:{uuid.uuid4()}",
+                                payload={"slot": "x"}, received_at=received_at, **fields))
+    db.session.commit()
+    return event_id
+
+
+def test_trigger_events_older_than_90_days_go_once_no_kept_run_refers_to_them(app, owner, now):
+    alone = add_event(owner, now - 90 * DAY - HOUR)
+    young = add_event(owner, now - 90 * DAY + HOUR)
+    of_old_run = add_event(owner, now - 91 * DAY)
+    old_run = add_run(owner, now - 91 * DAY, trigger_event_id=of_old_run)
+    of_waiting_run = add_event(owner, now - 91 * DAY)
+    waiting = add_run(owner, now - 91 * DAY, status="waiting", trigger_event_id=of_waiting_run)
+    db.session.commit()
+
+    assert retention.soft_delete_trigger_events(now) == 1  # its run is still kept: not yet
+    assert deleted_at(TriggerEvent, alone) == now
+    assert retention.soft_delete_executions(now) == 1
+    assert retention.soft_delete_trigger_events(now) == 1  # now its run is gone too
+    assert deleted_at(TriggerEvent, of_old_run) == now
+    assert deleted_at(Execution, old_run) == now
+    for kept in (young, of_waiting_run):
+        assert deleted_at(TriggerEvent, kept) is None
+    assert deleted_at(Execution, waiting) is None
+    assert retention.soft_delete_trigger_events(now) == 0
+
+    # A month later the purge removes the events after their runs.
+    later = now + 31 * DAY
+    assert retention.purge(later) == 3 + 2  # the old run and its 2 nodes, then the 2 events
+    assert count(TriggerEvent, TriggerEvent.id.in_([alone, of_old_run])) == 0
+    assert count(TriggerEvent, TriggerEvent.id.in_([young, of_waiting_run])) == 2
+
+
+def test_expired_idempotency_keys_are_deleted(app, owner, now):
+    user, _workflow = owner
+    for key, expires in (("expired", now - HOUR), ("live", now + HOUR)):
+        db.session.add(IdempotencyKey(key=key, user_id=user.id, request_hash="h",
+                                      expires_at=expires))
+    db.session.commit()
+    assert retention.delete_expired_idempotency_keys(now) == 1
+    assert db.session.scalars(select(IdempotencyKey.key)).all() == ["live"]
+    assert retention.delete_expired_idempotency_keys(now) == 0
+
+
 def test_ai_history_older_than_30_days_goes(app, owner, now):
     kept = add_ai(owner, now - 30 * DAY + HOUR)
     gone = add_ai(owner, now - 30 * DAY - HOUR)
@@ -217,9 +266,10 @@ def test_every_job_works_in_batches_of_the_set_size(app, owner, now, commits):
 
     commits.clear()
     later = now + 31 * DAY
-    # the node rows (3 batches), the runs (3), the audit logs (3), AI history (1, empty)
+    # the node rows (3 batches), the runs (3), trigger events (1, empty), the audit logs (3),
+    # AI history (1, empty)
     assert retention.purge(later) == 15
-    assert len(commits) == 10
+    assert len(commits) == 11
     assert count(Execution) == count(AuditLog) == 0
 
 
@@ -382,7 +432,7 @@ def test_the_retention_command_refuses_an_unknown_job(app):
                           text=True, timeout=120)
     assert done.returncode == 2
     assert "unknown retention job logs" in done.stderr
-    assert "executions, ai_history, audit_logs, purge, vacuum" in done.stderr
+    assert ", ".join(retention.JOB_NAMES) in done.stderr
 
 
 # --- the clock: once a period across every clock --------------------------------------------
@@ -405,7 +455,8 @@ class Recorder:
         return run
 
 
-DAILY = {"retention.executions", "retention.ai_history", "retention.audit_logs"}
+DAILY = {"retention.executions", "retention.trigger_events", "retention.ai_history",
+         "retention.audit_logs", "retention.idempotency_keys"}
 ALL = DAILY | {"retention.purge", "retention.vacuum"}
 
 
