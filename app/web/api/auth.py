@@ -7,8 +7,8 @@ from app.models import isoformat
 from app.services import accounts, tokens
 from app.web.api import bp
 from app.web.api import contract as c
-from app.web.api.contract import operation
-from app.web.api.guard import json_object, string_field
+from app.web.api.contract import json_object, operation
+from app.web.api.guard import string_field
 from app.web.security import client_addr
 
 

@@ -9,8 +9,7 @@ from app.errors import Problem, ValidationFailed
 from app.services import credentials
 from app.web.api import bp
 from app.web.api import contract as c
-from app.web.api.contract import operation
-from app.web.api.guard import json_object
+from app.web.api.contract import json_object, operation
 
 
 @bp.get("/credentials")

@@ -7,8 +7,7 @@ from app.services import ai, executions, workflows
 from app.services.pagination import parse_limit
 from app.web.api import bp
 from app.web.api import contract as c
-from app.web.api.contract import operation
-from app.web.api.guard import json_object
+from app.web.api.contract import json_object, operation
 
 
 @bp.post("/workflows/<workflow_id>/run")

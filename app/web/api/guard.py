@@ -43,16 +43,6 @@ def _rate_limit(user_key: str) -> None:
         raise RateLimited(f"rate limit of {item} exceeded", retry_after)
 
 
-def json_object() -> dict:
-    """The request body as a JSON object, or a 400 that says what is wrong."""
-    if not request.is_json:
-        raise ValidationFailed("the body must be JSON (Content-Type: application/json)")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ValidationFailed("the body must be a JSON object")
-    return body
-
-
 def string_field(body: dict, name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str):

@@ -7,8 +7,7 @@ from flask import g, jsonify, request
 from app.services import webhooks
 from app.web.api import bp
 from app.web.api import contract as c
-from app.web.api.contract import operation
-from app.web.api.guard import json_object
+from app.web.api.contract import json_object, operation
 
 
 @bp.get("/workflows/<workflow_id>/webhook")
