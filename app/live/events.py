@@ -33,3 +33,24 @@ def publish_many(store: redis.Redis, user_id: Any, events: list[dict]) -> None:
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("could not publish %d events: %s", len(events), exc)
+
+
+# A run's final event carries its result and error when they are this small (as JSON), so a
+# request waiting for the run (a webhook's ``respond: when_finished``, ``flask jobsprint run``)
+# answers from the event instead of reading the run back; a larger result is read.
+OUTCOME_INLINE_MAX = 8192
+
+
+def final_run_event(execution_id: Any, workflow_id: Any, status: str, result: Any,
+                    error: Any) -> dict:
+    """The event of a run that reached a final state (published after it is committed)."""
+    event = {"type": "run", "execution_id": str(execution_id),
+             "workflow_id": str(workflow_id), "status": status}
+    outcome = {"result": result, "error": error}
+    try:
+        size = len(json.dumps(outcome, separators=(",", ":"), default=str))
+    except (TypeError, ValueError):
+        return event
+    if size <= OUTCOME_INLINE_MAX:
+        event["outcome"] = outcome
+    return event

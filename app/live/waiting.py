@@ -1,15 +1,18 @@
 """Waiting for one run to finish (a webhook with ``respond: when_finished``).
 
-A ``RunWaiter`` is an inbox on the process's hub (one Redis subscription for the whole
+A ``RunWaiter`` is an inbox on the process's hub (one pub/sub connection for the whole
 process, not one per waiting request) that keeps only the final event of its run. The webhook
-route opens it *before* the run is stored, with the run's id chosen in advance: when the hub
-was subscribed at that moment, no event of the run can be missed, and the database is read
-once, when the final event comes. Otherwise (the hub is down, or the run already existed, as
-for a replayed delivery) it reads the run's state first.
+route opens it *before* the run is stored, with the run's id chosen in advance: when the
+user's channel was subscribed at that moment, no event of the run can be missed. Otherwise
+(the hub is down, or the run already existed, as for a replayed delivery) it reads the run's
+state first.
 
-Events are a hint, the database is the truth: a final event is confirmed by a read; silence
-(a lost event) makes the waiter read again every ``recheck_s``, or every ``poll_s`` while the
-hub is not subscribed; the hub's resync after an outage wakes it to read at once.
+A final event is published only after the run's final state is committed, and a final state
+never changes: when the event carries the run's result and error (``outcome``: a small
+result, see ``events.OUTCOME_INLINE_MAX``) the waiter answers from it; otherwise the final
+event makes it read the run once. Silence (a lost event) makes the waiter read again every
+``recheck_s``, or every ``poll_s`` while the hub is not subscribed; the hub's resync after an
+outage wakes it to read at once.
 """
 
 from __future__ import annotations
@@ -47,7 +50,11 @@ class RunWaiter:
             if remaining <= 0:
                 return None
             pause = recheck_s if self.hub.ready.is_set() else poll_s
-            self.inbox.wait(min(remaining, pause))
+            heard, _resync = self.inbox.wait(min(remaining, pause))
+            carried = next((e.data for e in heard if "outcome" in e.data), None)
+            if carried is not None:  # published after the commit, final: no need to read
+                return carried["status"], carried["outcome"]["result"], carried["outcome"][
+                    "error"]
             outcome = read()
         return outcome
 

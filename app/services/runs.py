@@ -34,7 +34,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from app import engine, logs, metrics
 from app.db import db
 from app.live import events
-from app.models import Execution, ExecutionNode, WorkflowVersion, utcnow
+from app.models import FINAL_STATES, Execution, ExecutionNode, WorkflowVersion, utcnow
 from app.services import executions, workflows
 from app.services.locks import WorkflowSlot
 
@@ -327,7 +327,11 @@ class RunRecorder:
         flushed, self.pending = self.pending, []
         self.last_flush = time.monotonic()
         published = [self._node_event(row) for row in flushed]
-        if final:
+        if final and final["status"] in FINAL_STATES:
+            published.append(events.final_run_event(
+                self.execution_id, self.workflow_id, final["status"], final.get("result"),
+                final.get("error")))
+        elif final:
             published.append({"type": "run", "execution_id": str(self.execution_id),
                               "workflow_id": str(self.workflow_id),
                               "status": final["status"]})

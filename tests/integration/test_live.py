@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -417,5 +418,44 @@ def test_the_hub_hears_only_the_users_it_serves_and_lets_a_channel_go_after_a_wh
         assert hub.channels() == 1 and subscribed("u1") == 1
         assert hub.register(Subscriber("u2"))  # and comes back when wanted
         assert subscribed("u2") == 1
+    finally:
+        hub.stop()
+
+
+def test_a_waiter_answers_from_a_final_event_that_carries_the_outcome():
+    """A small result rides on the run's final event: the waiter answers without reading the
+    run; a result too big to carry is read once the final event comes."""
+    import fakeredis
+
+    from app.live.events import OUTCOME_INLINE_MAX, final_run_event, publish_many
+    from app.live.hub import Hub
+    from app.live.waiting import RunWaiter
+
+    store = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    hub = Hub(store)
+    small, big = str(uuid.uuid4()), str(uuid.uuid4())
+    huge = "x" * (OUTCOME_INLINE_MAX + 1)
+    reads = []
+
+    def read(result):
+        def reader():
+            reads.append(result)
+            return ("succeeded", result, None)
+        return reader
+
+    try:
+        with RunWaiter(hub, "u1", small) as waiter:
+            publish_many(store, "u1", [{"type": "run", "execution_id": small,
+                                        "status": "running"},
+                                       final_run_event(small, "w", "succeeded", {"n": 1}, None)])
+            assert waiter.wait(5, read({"n": 1}), before_run=True) == (
+                "succeeded", {"n": 1}, None)
+        assert reads == []
+        with RunWaiter(hub, "u1", big) as waiter:
+            event = final_run_event(big, "w", "succeeded", huge, None)
+            assert "outcome" not in event
+            publish_many(store, "u1", [event])
+            assert waiter.wait(5, read(huge), before_run=True) == ("succeeded", huge, None)
+        assert reads == [huge]
     finally:
         hub.stop()
