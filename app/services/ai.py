@@ -71,7 +71,9 @@ def message_tokens(message: dict) -> int:
 def fit(system: dict | None, history: list[dict], user: dict, *, window: int,
         answer: int) -> list[dict]:
     """The messages to send: the system prompt (never cut), as many of the latest history
-    messages as fit (oldest dropped first), the user message."""
+    messages as fit (oldest dropped first), the user message. An answer whose question was
+    cut goes too, so the kept history starts with a question (some APIs require it, and an
+    answer alone misleads the model)."""
     budget = window - answer - message_tokens(user) - (message_tokens(system) if system else 0)
     if budget < 0:
         raise NodeError(f"ai.chat: the prompt alone needs more than the {window}-token window "
@@ -83,6 +85,8 @@ def fit(system: dict | None, history: list[dict], user: dict, *, window: int,
             break
         kept.insert(0, message)
         budget -= cost
+    while kept and kept[0].get("role") == "assistant":
+        kept.pop(0)
     return ([system] if system else []) + kept + [user]
 
 
