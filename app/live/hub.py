@@ -81,6 +81,7 @@ class Subscriber:
         self._resync = False
         self.dropped = False
         self.closed = False
+        self.unconfirmed = False  # registered before its channel was confirmed (see Hub)
 
     def offer(self, event: Event) -> None:
         """Called by the hub thread; never blocks on the socket."""
@@ -185,7 +186,16 @@ class Hub:
         if confirmed.is_set():
             return True
         self._wake()
-        return confirmed.wait(wait_s)
+        if confirmed.wait(wait_s):
+            return True
+        with self._lock:
+            if confirmed.is_set():
+                return True
+            # It goes on without the channel (its socket sends the database's state now);
+            # when the channel is confirmed, it is told to resync: nothing published in
+            # between is missed.
+            subscriber.unconfirmed = True
+        return False
 
     def unregister(self, subscriber: Subscriber) -> None:
         subscriber.close()
@@ -280,11 +290,18 @@ class Hub:
             raise redis.ConnectionError("no subscription confirmation")
 
     def _confirm(self, channel: str) -> None:
-        if channel.startswith(PREFIX):
-            with self._lock:
-                confirmed = self._confirmed.get(channel[len(PREFIX):])
+        if not channel.startswith(PREFIX):
+            return
+        user = channel[len(PREFIX):]
+        with self._lock:
+            confirmed = self._confirmed.get(user)
             if confirmed is not None:
                 confirmed.set()
+            late = [s for s in self._users.get(user, ()) if s.unconfirmed]
+            for subscriber in late:
+                subscriber.unconfirmed = False
+        for subscriber in late:
+            subscriber.resync()
 
     def _sync(self, pubsub, now: float) -> None:
         """Subscribe the channels newly wanted, unsubscribe those no longer wanted."""

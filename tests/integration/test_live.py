@@ -459,3 +459,36 @@ def test_a_waiter_answers_from_a_final_event_that_carries_the_outcome():
         assert reads == [huge]
     finally:
         hub.stop()
+
+
+def test_an_inbox_registered_before_its_channel_was_confirmed_is_told_to_resync():
+    """A socket that stopped waiting for its user's channel sends the database's state at
+    once; when the channel is confirmed it is told to resync, so nothing published in
+    between is missed (one that waited long enough is not told anything)."""
+    import fakeredis
+
+    from app.live.hub import Hub, Subscriber
+
+    store = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    hub = Hub(store)
+    held = threading.Event()
+    real_sync = hub._sync
+
+    def slow_sync(pubsub, now):  # the hub thread cannot subscribe new channels until released
+        held.wait(10)
+        real_sync(pubsub, now)
+
+    try:
+        patient = Subscriber("u2")
+        assert hub.register(patient) is True  # the hub is up
+        hub._sync = slow_sync
+        hasty = Subscriber("u1")
+        assert hub.register(hasty, wait_s=0.2) is False
+        assert hasty.wait(0.2) == ([], False)  # not yet
+        held.set()
+        events, resync = hasty.wait(5)
+        assert (events, resync) == ([], True)
+        assert patient.wait(0.3) == ([], False)  # it waited for its channel: nothing to redo
+    finally:
+        held.set()
+        hub.stop()
