@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("hooks", __name__)
 csrf.exempt(bp)  # authenticated by the signature, never by a cookie
 # No per-IP limit: providers send from shared address pools in bursts, and a forged delivery
-# costs one HMAC before it is refused.
+# costs one HMAC and one cache read before it is refused.
 limiter.exempt(bp)
 CHUNK = 64 * 1024
 # The ``result`` label of jobsprint_webhook_deliveries_total for a delivery refused (or lost)
