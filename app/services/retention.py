@@ -102,8 +102,10 @@ def soft_delete_trigger_events(now: datetime | None = None) -> int:
     """Soft-delete the trigger events (a webhook delivery's payload, a schedule's fired slot)
     received more than ``retention_executions_days`` ago that no kept run refers to; returns
     how many. They go with their runs: an event whose run is still kept (in progress, or
-    finished recently) stays. Forgetting an old delivery cannot let a replay of it in: every
-    signature scheme with a timestamp refuses one older than 300 s."""
+    finished recently) stays. A soft-deleted event still answers a replay of its delivery
+    until it is purged; after that, the timestamped schemes (jobsprint, stripe, slack) refuse
+    a delivery that old anyway (300 s), while a GitHub delivery, which carries no timestamp,
+    is recognised as a replay only while its event exists (by default 90 + 30 days)."""
     settings = current_app.config["SETTINGS"]
     now = now or utcnow()
     cutoff = now - timedelta(days=settings.retention_executions_days)
