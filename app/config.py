@@ -184,6 +184,7 @@ class Settings:
     ai_daily_tokens: int = 0  # per user; 0: no budget
     ai_prices: tuple[tuple[str, float, float], ...] = DEFAULT_AI_PRICES
     n8n_api_key: str | None = field(default=None, repr=False)
+    metrics_token: str | None = field(default=None, repr=False)  # /metrics needs it when set
     # Retention (the clock's daily, weekly and monthly jobs): ages in days after which rows are
     # soft-deleted, how long soft-deleted rows are kept before the hard delete, how often each
     # job runs, and how many rows one transaction touches.
@@ -210,7 +211,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "keks":
                 shown = "ids " + ", ".join(k.id for k in value) if value else "(not set)"
-            elif f.name in {"secret_key", "n8n_api_key"}:
+            elif f.name in {"secret_key", "n8n_api_key", "metrics_token"}:
                 shown = "set (hidden)" if value else "(not set)"
             elif f.name in {"database_url", "redis_url", "queue_url", "rate_limit_storage_url"}:
                 shown = redact(value) if value else "(embedded)"
@@ -462,6 +463,7 @@ def read_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
     r.read("webhook_rotation_grace_s", "JOBSPRINT_WEBHOOK_ROTATION_GRACE_S", parse_int)
     r.read("n8n_api_url", "N8N_API_URL", parse_http_url)
     r.read("n8n_api_key", "N8N_API_KEY")
+    r.read("metrics_token", "JOBSPRINT_METRICS_TOKEN")
     providers = []
     for name in OAUTH_BUILTINS:
         try:

@@ -18,6 +18,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -267,6 +268,19 @@ def test_probes_are_neither_rate_limited_nor_signed_in(app):
             answer = client.get(path)
             assert answer.status_code == 200, path
             assert "Set-Cookie" not in answer.headers
+
+
+def test_metrics_need_the_token_when_one_is_set(app):
+    app.config["SETTINGS"] = replace(app.config["SETTINGS"], metrics_token="scrape-me")
+    client = app.test_client()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic scrape-me"}):
+        refused = client.get("/metrics", headers=headers)
+        assert refused.status_code == 401, headers
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "jobsprint_" not in refused.get_data(as_text=True)
+    allowed = client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+    assert allowed.status_code == 200 and "jobsprint_" in allowed.get_data(as_text=True)
+    assert client.get("/healthz").status_code == client.get("/readyz").status_code == 200
 
 
 # --- /metrics (one process) ----------------------------------------------------------------

@@ -168,13 +168,16 @@ def test_describe_masks_secrets_and_says_what_is_missing(tmp_path):
     check = read_settings({
         "DATABASE_URL": "postgresql://db/x", "N8N_API_KEY": "n8n-key-value",
         "JOBSPRINT_OAUTH_SLACK_CLIENT_ID": "cid", "JOBSPRINT_OAUTH_SLACK_CLIENT_SECRET": "csec",
-        "JOBSPRINT_HTTP_ALLOW": "10.0.0.0/8, intranet"})
+        "JOBSPRINT_HTTP_ALLOW": "10.0.0.0/8, intranet",
+        "JOBSPRINT_METRICS_TOKEN": "scrape-token-value"})
     described = dict(check.settings.describe())
     assert described["secret_key"] == "(not set)" and described["keks"] == "(not set)"
     assert described["n8n_api_key"] == "set (hidden)"
     assert described["oauth_providers"] == "slack"
     assert described["http_allow"] == "10.0.0.0/8, intranet"
+    assert described["metrics_token"] == "set (hidden)"
     assert "n8n-key-value" not in str(described) and "csec" not in str(described)
+    assert "scrape-token-value" not in str(described) + repr(check.settings)
 
 
 def test_check_config_report_lists_every_setting_then_the_problems(tmp_path):
