@@ -41,16 +41,19 @@ def publish_many(store: redis.Redis, user_id: Any, events: list[dict]) -> None:
 OUTCOME_INLINE_MAX = 8192
 
 
-def final_run_event(execution_id: Any, workflow_id: Any, status: str, result: Any,
-                    error: Any) -> dict:
-    """The event of a run that reached a final state (published after it is committed)."""
+def run_event(execution_id: Any, workflow_id: Any, status: str, *,
+              outcome: tuple[Any, Any] | None = None) -> dict:
+    """A run's new status (published after it is committed). ``outcome``: the (result, error)
+    of a run that reached a final state, carried when small enough."""
     event = {"type": "run", "execution_id": str(execution_id),
              "workflow_id": str(workflow_id), "status": status}
-    outcome = {"result": result, "error": error}
+    if outcome is None:
+        return event
+    carried = {"result": outcome[0], "error": outcome[1]}
     try:
-        size = len(json.dumps(outcome, separators=(",", ":"), default=str))
+        size = len(json.dumps(carried, separators=(",", ":"), default=str))
     except (TypeError, ValueError):
         return event
     if size <= OUTCOME_INLINE_MAX:
-        event["outcome"] = outcome
+        event["outcome"] = carried
     return event

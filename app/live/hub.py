@@ -175,7 +175,8 @@ class Hub:
             self._users.setdefault(user, set()).add(subscriber)
             self._idle_since.pop(user, None)
             confirmed = self._confirmed.get(user)
-            if confirmed is None:
+            new_channel = confirmed is None
+            if new_channel:
                 confirmed = self._confirmed[user] = threading.Event()
                 self._dirty = True
             if self._thread is None or not self._thread.is_alive():
@@ -185,7 +186,8 @@ class Hub:
                 self._thread.start()
         if confirmed.is_set():
             return True
-        self._wake()
+        if new_channel:  # else its subscription is on its way (or waits for a reconnect)
+            self._wake()
         if confirmed.wait(wait_s):
             return True
         with self._lock:

@@ -61,9 +61,8 @@ def announce(runs: list[Execution]) -> None:
 
     by_user: dict[uuid.UUID, list[dict]] = {}
     for run in runs:
-        by_user.setdefault(run.user_id, []).append({
-            "type": "run", "execution_id": str(run.id), "workflow_id": str(run.workflow_id),
-            "status": run.status})
+        by_user.setdefault(run.user_id, []).append(
+            events.run_event(run.id, run.workflow_id, run.status))
     for user_id, batch in by_user.items():
         events.publish_many(current_app.extensions["jobsprint.store"], user_id, batch)
 

@@ -207,8 +207,7 @@ class Intake:
             pipe = store.pipeline(transaction=False)
             for p in accepted:
                 events.queue_many(pipe, p.user_id, [
-                    {"type": "run", "execution_id": str(run_id),
-                     "workflow_id": str(workflow_id), "status": "queued"}
+                    events.run_event(run_id, workflow_id, "queued")
                     for run_id, workflow_id in p.runs])
             for p in stored:
                 if p.outcome in ("accepted", "replayed"):

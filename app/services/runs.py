@@ -327,14 +327,11 @@ class RunRecorder:
         flushed, self.pending = self.pending, []
         self.last_flush = time.monotonic()
         published = [self._node_event(row) for row in flushed]
-        if final and final["status"] in FINAL_STATES:
-            published.append(events.final_run_event(
-                self.execution_id, self.workflow_id, final["status"], final.get("result"),
-                final.get("error")))
-        elif final:
-            published.append({"type": "run", "execution_id": str(self.execution_id),
-                              "workflow_id": str(self.workflow_id),
-                              "status": final["status"]})
+        if final:
+            outcome = ((final.get("result"), final.get("error"))
+                       if final["status"] in FINAL_STATES else None)
+            published.append(events.run_event(self.execution_id, self.workflow_id,
+                                              final["status"], outcome=outcome))
         events.publish_many(_store(), self.user_id, published)
 
     def _node_event(self, row: dict) -> dict:
@@ -497,9 +494,8 @@ def _run(execution_id: uuid.UUID) -> None:
                         if str(n.get("type", "")).startswith(SIDE_EFFECT_TYPES)}
         recorder = RunRecorder(execution_id, run.user_id, run.workflow_id, run.epoch, existing,
                                side_effects, cancelled=run.cancel_requested, graph=graph)
-        events.publish_many(_store(), run.user_id, [{
-            "type": "run", "execution_id": str(execution_id),
-            "workflow_id": str(run.workflow_id), "status": "running"}])
+        events.publish_many(_store(), run.user_id, [
+            events.run_event(execution_id, run.workflow_id, "running")])
         if graph is None:
             recorder.flush({"status": "failed", "finished_at": utcnow(),
                             "error": {"message": "the workflow version no longer exists"}})

@@ -427,7 +427,7 @@ def test_a_waiter_answers_from_a_final_event_that_carries_the_outcome():
     run; a result too big to carry is read once the final event comes."""
     import fakeredis
 
-    from app.live.events import OUTCOME_INLINE_MAX, final_run_event, publish_many
+    from app.live.events import OUTCOME_INLINE_MAX, publish_many, run_event
     from app.live.hub import Hub
     from app.live.waiting import RunWaiter
 
@@ -445,14 +445,14 @@ def test_a_waiter_answers_from_a_final_event_that_carries_the_outcome():
 
     try:
         with RunWaiter(hub, "u1", small) as waiter:
-            publish_many(store, "u1", [{"type": "run", "execution_id": small,
-                                        "status": "running"},
-                                       final_run_event(small, "w", "succeeded", {"n": 1}, None)])
+            publish_many(store, "u1", [
+                {"type": "run", "execution_id": small, "status": "running"},
+                run_event(small, "w", "succeeded", outcome=({"n": 1}, None))])
             assert waiter.wait(5, read({"n": 1}), before_run=True) == (
                 "succeeded", {"n": 1}, None)
         assert reads == []
         with RunWaiter(hub, "u1", big) as waiter:
-            event = final_run_event(big, "w", "succeeded", huge, None)
+            event = run_event(big, "w", "succeeded", outcome=(huge, None))
             assert "outcome" not in event
             publish_many(store, "u1", [event])
             assert waiter.wait(5, read(huge), before_run=True) == ("succeeded", huge, None)
