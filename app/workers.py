@@ -14,7 +14,7 @@ from flask import Flask
 
 from app.db import db
 from app.models import utcnow
-from app.services import executions, maintenance, retention, runs, schedules
+from app.services import executions, maintenance, retention, run_batches, runs, schedules
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,14 @@ def handler_for(app: Flask):
     def handle(execution_id: str) -> None:
         with app.app_context():
             runs.run_execution(execution_id)
+
+    return handle
+
+
+def batch_handler_for(app: Flask):
+    def handle(execution_ids: list[str]) -> list[str]:
+        with app.app_context():
+            return run_batches.run_batch(execution_ids)
 
     return handle
 

@@ -16,7 +16,7 @@ def main() -> int:
 
     from app import create_app
     from app.config import ConfigError, load_settings
-    from app.workers import handler_for
+    from app.workers import batch_handler_for, handler_for
 
     try:
         settings = load_settings()
@@ -33,7 +33,8 @@ def main() -> int:
         signal.signal(sig, lambda *_: stop.set())
     queue = app.extensions["jobsprint.queue"]
     print(f"jobsprint worker: {queue.name}, {settings.worker_threads} threads", flush=True)
-    queue.consume(handler_for(app), stop=stop, concurrency=settings.worker_threads)
+    queue.consume(handler_for(app), stop=stop, concurrency=settings.worker_threads,
+                  batch_handler=batch_handler_for(app))
     queue.close()
     return 0
 

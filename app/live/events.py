@@ -20,19 +20,29 @@ def channel(user_id: Any) -> str:
 
 def queue_many(pipe, user_id: Any, events: list[dict]) -> None:
     """Add the publishes of ``events`` to a pipeline the caller executes."""
-    for event in events:
+    queue_each(pipe, [(user_id, event) for event in events])
+
+
+def queue_each(pipe, published: list[tuple[Any, dict]]) -> None:
+    """Add the publishes of (user id, event) pairs to a pipeline the caller executes."""
+    for user_id, event in published:
         pipe.publish(channel(user_id), json.dumps(event, separators=(",", ":"), default=str))
 
 
 def publish_many(store: redis.Redis, user_id: Any, events: list[dict]) -> None:
-    if not events:
+    publish_each(store, [(user_id, event) for event in events])
+
+
+def publish_each(store: redis.Redis, published: list[tuple[Any, dict]]) -> None:
+    """Publish (user id, event) pairs in one round trip; an outage loses them (logged)."""
+    if not published:
         return
     try:
         pipe = store.pipeline(transaction=False)
-        queue_many(pipe, user_id, events)
+        queue_each(pipe, published)
         pipe.execute()
     except redis.RedisError as exc:
-        log.warning("could not publish %d events: %s", len(events), exc)
+        log.warning("could not publish %d events: %s", len(published), exc)
 
 
 # A run's final event carries its result and error when they are this small (as JSON), so a

@@ -17,6 +17,10 @@ from collections.abc import Callable, Sequence
 # acknowledged). Raising means "not handled": the message is delivered again (up to the
 # backend's delivery limit, then dead-lettered).
 Handler = Callable[[str], None]
+# Handles several ids delivered together, for backends that receive deliveries in bursts
+# (RabbitMQ); returns the ids it leaves to the Handler, one at a time. Raising means none of
+# them was handled.
+BatchHandler = Callable[[list[str]], list[str]]
 
 
 class RunQueue(ABC):
@@ -29,8 +33,11 @@ class RunQueue(ABC):
         """Hand these runs to the queue; returns once the broker holds them durably."""
 
     @abstractmethod
-    def consume(self, handler: Handler, *, stop: threading.Event, concurrency: int = 1) -> None:
-        """Run ``handler`` for each delivered id until ``stop`` is set; blocks."""
+    def consume(self, handler: Handler, *, stop: threading.Event, concurrency: int = 1,
+                batch_handler: BatchHandler | None = None) -> None:
+        """Run ``handler`` for each delivered id until ``stop`` is set; blocks. A backend that
+        holds several deliveries at once hands them to ``batch_handler`` (if given) together;
+        the others ignore it."""
 
     @abstractmethod
     def depth(self) -> int:

@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 
-from app.queue.base import Handler, RunQueue
+from app.queue.base import BatchHandler, Handler, RunQueue
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ class InlineQueue(RunQueue):
             self._waiting.extend((execution_id, 0) for execution_id in execution_ids)
             self._ready.notify(len(execution_ids))
 
-    def consume(self, handler: Handler, *, stop: threading.Event, concurrency: int = 1) -> None:
+    def consume(self, handler: Handler, *, stop: threading.Event, concurrency: int = 1,
+                batch_handler: BatchHandler | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         threads = [

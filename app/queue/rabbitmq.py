@@ -30,8 +30,13 @@ lost connection is logged and re-opened with backoff (0.5 s doubling to 30 s); t
 handlers still running on the old connection are dropped, and the broker redelivers those runs.
 ``stop`` cancels the subscription within a quarter second; handlers in flight finish first.
 ``prefetch`` above ``concurrency`` buffers deliveries in this process: faster for short runs
-(≈1,200 no-op runs/s at prefetch 1, ≈10,000 at 50), but a buffered run waits behind a long one,
-and a stop runs the buffer before returning.
+(≈1,200 no-op runs/s at prefetch 1, ≈10,000 at 50), but a buffered run waits for a thread to
+come free, and a stop runs the buffer before returning.
+
+Batches: given a ``batch_handler``, the prefetch defaults to ``BATCH_PREFETCH`` per thread, and a
+pool thread coming free takes every delivery waiting (up to ``MAX_BATCH``) to the batch handler
+at once; the ids it hands back run through ``handler`` one at a time, on the pool. A batch that
+raises is nacked whole (each delivered again, within the delivery limit).
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ import copy
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -52,7 +59,7 @@ from pika.channel import Channel
 from pika.frame import Method
 from pika.spec import Basic
 
-from app.queue.base import Handler, RunQueue
+from app.queue.base import BatchHandler, Handler, RunQueue
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +70,10 @@ _PUMP_S = 0.25
 _MAX_BACKOFF_S = 30.0
 # Failures of the connection, the channel or the socket under them.
 _LINK_ERRORS = (pika.exceptions.AMQPError, OSError)
+# With a batch handler: at most this many deliveries to one handler call, and a default
+# prefetch of this many per thread, so that a thread coming free finds a batch waiting.
+MAX_BATCH = 32
+BATCH_PREFETCH = 8
 
 
 class PublishError(Exception):
@@ -113,13 +124,16 @@ class RabbitQueue(RunQueue):
                            "connection", len(bodies), exc)
             self._publisher.publish(self.queue_name, bodies)
 
-    def consume(self, handler: Handler, *, stop: threading.Event, concurrency: int = 1) -> None:
+    def consume(self, handler: Handler, *, stop: threading.Event, concurrency: int = 1,
+                batch_handler: BatchHandler | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         delay = 0.5
+        prefetch = self.prefetch or (concurrency * BATCH_PREFETCH if batch_handler
+                                     else concurrency)
         with ThreadPoolExecutor(concurrency, thread_name_prefix="rabbitmq-run") as pool:
             while not stop.is_set():
-                session = _Session(self, handler, pool, self.prefetch or concurrency)
+                session = _Session(self, handler, batch_handler, pool, prefetch)
                 try:
                     session.open()
                     delay = 0.5
@@ -150,17 +164,31 @@ class RabbitQueue(RunQueue):
         self._publisher.close()
 
 
+@dataclass(slots=True)
+class _Delivery:
+    execution_id: str
+    delivery: int  # 1 for the first
+    tag: int
+
+
 class _Session:
     """One consumer connection: deliveries arrive here, handlers run on the pool, and their
-    acks come back to this thread, the only one allowed to touch the connection."""
+    acks come back to this thread, the only one allowed to touch the connection.
 
-    def __init__(self, queue: RabbitQueue, handler: Handler, pool: ThreadPoolExecutor,
-                 prefetch: int) -> None:
+    Deliveries wait in ``arrived``; each one also queues a ``_take`` on the pool, and a pool
+    thread taking its turn takes whatever waits then (up to ``MAX_BATCH`` with a batch
+    handler, else one). So a thread hands a batch handler every delivery that arrived while
+    all threads were busy, and a lone delivery runs at once."""
+
+    def __init__(self, queue: RabbitQueue, handler: Handler, batch_handler: BatchHandler | None,
+                 pool: ThreadPoolExecutor, prefetch: int) -> None:
         self.queue = queue
         self.handler = handler
+        self.batch_handler = batch_handler
         self.pool = pool
         self.prefetch = prefetch
         self.in_flight = 0
+        self.arrived: deque[_Delivery] = deque()
         self.connection: pika.BlockingConnection | None = None
 
     def open(self) -> None:
@@ -198,37 +226,73 @@ class _Session:
         self.in_flight += 1
         # The quorum queue counts earlier deliveries in this header.
         delivery = (properties.headers or {}).get("x-delivery-count", 0) + 1
-        self.pool.submit(self._run, body.decode(), delivery, method.delivery_tag)
+        self.arrived.append(_Delivery(body.decode(), delivery, method.delivery_tag))
+        self.pool.submit(self._take)
 
-    def _run(self, execution_id: str, delivery: int, tag: int) -> None:
+    def _take(self) -> None:
+        """On a pool thread: run what waits (nothing, if other threads took it first)."""
+        limit = MAX_BATCH if self.batch_handler is not None else 1
+        taken: list[_Delivery] = []
+        while len(taken) < limit:
+            try:
+                taken.append(self.arrived.popleft())
+            except IndexError:
+                break
+        if len(taken) == 1:
+            self._run(taken[0])
+        elif taken:
+            self._run_batch(taken)
+
+    def _run_batch(self, taken: list[_Delivery]) -> None:
+        try:
+            single = set(self.batch_handler([item.execution_id for item in taken]))
+        except Exception:  # noqa: BLE001 - the broker delivers them again
+            logger.warning("a batch of %d runs failed; each is delivered again (up to %d "
+                           "deliveries)", len(taken), self.queue.max_deliveries, exc_info=True)
+            self._settle([(item.tag, False) for item in taken])
+            return
+        self._settle([(item.tag, True) for item in taken if item.execution_id not in single])
+        for item in taken:
+            if item.execution_id in single:
+                self.pool.submit(self._run, item)
+
+    def _run(self, item: _Delivery) -> None:
         """On a pool thread."""
         handled = False
         try:
-            self.handler(execution_id)
+            self.handler(item.execution_id)
             handled = True
         except Exception:
-            if delivery >= self.queue.max_deliveries:
+            if item.delivery >= self.queue.max_deliveries:
                 logger.exception("run %s: handler failed on delivery %d of %d; dead-lettered to %s",
-                                 execution_id, delivery, self.queue.max_deliveries,
+                                 item.execution_id, item.delivery, self.queue.max_deliveries,
                                  self.queue.dead_queue_name)
             else:
                 logger.warning("run %s: handler failed on delivery %d of %d; requeued",
-                               execution_id, delivery, self.queue.max_deliveries, exc_info=True)
-        try:
-            self.connection.add_callback_threadsafe(partial(self._settle, tag, handled))
-        except pika.exceptions.ConnectionWrongStateError:
-            logger.info("run %s: its connection closed before the ack; the broker will deliver "
-                        "it again", execution_id)
+                               item.execution_id, item.delivery, self.queue.max_deliveries,
+                               exc_info=True)
+        self._settle([(item.tag, handled)])
 
-    def _settle(self, tag: int, handled: bool) -> None:
+    def _settle(self, outcomes: list[tuple[int, bool]]) -> None:
+        """Hand (delivery tag, handled) pairs to the connection's thread to ack or nack."""
+        if not outcomes:
+            return
+        try:
+            self.connection.add_callback_threadsafe(partial(self._send_settled, outcomes))
+        except pika.exceptions.ConnectionWrongStateError:
+            logger.info("%d runs: their connection closed before the ack; the broker will "
+                        "deliver them again", len(outcomes))
+
+    def _send_settled(self, outcomes: list[tuple[int, bool]]) -> None:
         """On the connection's thread."""
-        self.in_flight -= 1
+        self.in_flight -= len(outcomes)
         if not self.channel.is_open:
             return  # the broker requeues what this channel held
-        if handled:
-            self.channel.basic_ack(tag)
-        else:
-            self.channel.basic_nack(tag, requeue=True)
+        for tag, handled in outcomes:
+            if handled:
+                self.channel.basic_ack(tag)
+            else:
+                self.channel.basic_nack(tag, requeue=True)
 
 
 class _Batch:

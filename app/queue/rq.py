@@ -47,7 +47,7 @@ from rq.job import Job, get_current_job
 from rq.serializers import JSONSerializer
 from rq.timeouts import BaseDeathPenalty
 
-from app.queue.base import Handler, RunQueue
+from app.queue.base import BatchHandler, Handler, RunQueue
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ class RQQueue(RunQueue):
         ]
         self.queue.enqueue_many(jobs)
 
-    def consume(self, handler: Handler, *, stop: threading.Event, concurrency: int = 1) -> None:
+    def consume(self, handler: Handler, *, stop: threading.Event, concurrency: int = 1,
+                batch_handler: BatchHandler | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         # Workers get their own client: RQ raises the socket timeout of the pool it is given.

@@ -11,8 +11,11 @@ correctness comes from the run's fencing epoch in the database.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import redis
+from redis.client import Pipeline
+from redis.commands.core import Script
 
 TTL_S = 300
 
@@ -38,6 +41,11 @@ return 0
 """
 
 
+# Registered once (EVALSHA; a pipeline loads a script the server lacks before running it).
+_ACQUIRE_SCRIPT = Script(None, _ACQUIRE.encode())
+_RENEW_SCRIPT = Script(None, _RENEW.encode())
+
+
 class WorkflowSlot:
     """One run's claim on one of a workflow's concurrency slots."""
 
@@ -53,27 +61,49 @@ class WorkflowSlot:
         self.held = False
 
     def acquire(self) -> bool:
-        now = time.time()
-        answer = self.store.eval(_ACQUIRE, 1, self.key, now, now + self.ttl_s, self.limit,
-                                 self.token, int(self.ttl_s * 1000))
-        self.held = bool(answer)  # 2: the slot was already this run's (an earlier delivery's)
-        return self.held
+        return acquire_all(self.store, [self])[0]
 
     def renew(self) -> bool:
         if not self.held:
             return False
-        self.held = bool(self.store.eval(
-            _RENEW, 1, self.key, time.time() + self.ttl_s, self.token, int(self.ttl_s * 1000)))
+        self.held = bool(_RENEW_SCRIPT(keys=[self.key], client=self.store, args=[
+            time.time() + self.ttl_s, self.token, int(self.ttl_s * 1000)]))
         return self.held
 
     def release(self, check: str | None = None) -> bool:
         """Give the slot back. With ``check``, also say (same round trip) whether that key
         exists — the marker of runs waiting for a slot of this workflow."""
-        held, self.held = self.held, False
-        pipe = self.store.pipeline(transaction=False)
-        if held:
-            pipe.zrem(self.key, self.token)
-        if check is not None:
-            pipe.exists(check)
-        answers = pipe.execute() if (held or check is not None) else []
-        return bool(answers[-1]) if check is not None else False
+        return any(release_all(self.store, [self], [check] if check is not None else []))
+
+
+def acquire_all(store: redis.Redis, slots: list[WorkflowSlot]) -> list[bool]:
+    """Try to take each slot, in order, in one round trip; says which were taken."""
+    if not slots:
+        return []
+    pipe = store.pipeline(transaction=False)
+    now = time.time()
+    for slot in slots:
+        _ACQUIRE_SCRIPT(keys=[slot.key], client=pipe, args=[
+            now, now + slot.ttl_s, slot.limit, slot.token, int(slot.ttl_s * 1000)])
+    for slot, answer in zip(slots, pipe.execute(), strict=True):
+        slot.held = bool(answer)  # 2: the slot was already this run's (an earlier delivery's)
+    return [slot.held for slot in slots]
+
+
+def release_all(store: redis.Redis, slots: list[WorkflowSlot], checks: list[str],
+                also: Callable[[Pipeline], None] | None = None) -> list[bool]:
+    """Give back the held ``slots`` and say whether each key of ``checks`` exists, in one
+    round trip; ``also`` may add commands of its own to that pipeline."""
+    pipe = store.pipeline(transaction=False)
+    for slot in slots:
+        if slot.held:
+            slot.held = False
+            pipe.zrem(slot.key, slot.token)
+    if also is not None:
+        also(pipe)
+    first_check = len(pipe)
+    for key in checks:
+        pipe.exists(key)
+    if not len(pipe):
+        return []
+    return [bool(answer) for answer in pipe.execute()[first_check:]]

@@ -49,11 +49,11 @@ class Fenced(Exception):
     """Another worker holds this run now; this one must stop writing."""
 
 
-def _store() -> redis.Redis:
+def store() -> redis.Redis:
     return current_app.extensions["jobsprint.store"]
 
 
-def _lease() -> timedelta:
+def lease_length() -> timedelta:
     return timedelta(seconds=current_app.config["SETTINGS"].run_lease_s)
 
 
@@ -85,22 +85,36 @@ class Claim:
 # The hot statements are built once: building and cache-keying a statement per call cost
 # more CPU than running it; they run on a plain connection (no ORM session or transaction
 # snapshot) in a transaction of their own.
-_CLAIM = (
-    update(RUNS)
-    .where(RUNS.c.id == bindparam("run_id"), RUNS.c.status == "queued")
-    .values(status="running", epoch=RUNS.c.epoch + 1, deliveries=RUNS.c.deliveries + 1,
-            lease_expires_at=bindparam("lease", type_=RUNS.c.lease_expires_at.type),
-            started_at=func.coalesce(RUNS.c.started_at,
-                                     bindparam("now", type_=RUNS.c.started_at.type)),
-            updated_at=bindparam("now"))
-    .returning(RUNS.c.epoch, RUNS.c.user_id, RUNS.c.workflow_id, RUNS.c.workflow_version,
-               RUNS.c.trigger_node_id, RUNS.c.input, RUNS.c.started_at, RUNS.c.deliveries,
-               RUNS.c.retry_of_id, RUNS.c.cancel_requested))
-_INSERT_NODES = insert(NODES)
+_CLAIMED = {
+    "status": "running", "epoch": RUNS.c.epoch + 1, "deliveries": RUNS.c.deliveries + 1,
+    "lease_expires_at": bindparam("lease", type_=RUNS.c.lease_expires_at.type),
+    "started_at": func.coalesce(RUNS.c.started_at, bindparam("now", type_=RUNS.c.started_at.type)),
+    "updated_at": bindparam("now")}
+CLAIM_RETURNS = (RUNS.c.epoch, RUNS.c.user_id, RUNS.c.workflow_id, RUNS.c.workflow_version,
+                 RUNS.c.trigger_node_id, RUNS.c.input, RUNS.c.started_at, RUNS.c.deliveries,
+                 RUNS.c.retry_of_id, RUNS.c.cancel_requested)
+# A claim skips a row another transaction holds (SKIP LOCKED; SQLite has one writer): a
+# worker frozen in the middle of its claim must not stall the others. What it skipped is still
+# queued, or taken by that holder; if neither, the reaper publishes it again.
+_CLAIM = (update(RUNS)
+          .where(RUNS.c.id == select(RUNS.c.id)
+                 .where(RUNS.c.id == bindparam("run_id"), RUNS.c.status == "queued")
+                 .with_for_update(skip_locked=True).scalar_subquery(),
+                 RUNS.c.status == "queued")
+          .values(_CLAIMED).returning(*CLAIM_RETURNS))
+# The same for several runs at once (app.services.run_batches), saying which it took.
+CLAIM_MANY = (update(RUNS)
+              .where(RUNS.c.id.in_(select(RUNS.c.id)
+                                   .where(RUNS.c.id.in_(bindparam("run_ids", expanding=True)),
+                                          RUNS.c.status == "queued")
+                                   .with_for_update(skip_locked=True)),
+                     RUNS.c.status == "queued")
+              .values(_CLAIMED).returning(RUNS.c.id, *CLAIM_RETURNS))
+INSERT_NODES = insert(NODES)
 
 
 @cache
-def _fenced_update(keys: frozenset[str]):
+def fenced_update(keys: frozenset[str]):
     """``UPDATE executions SET <keys> WHERE id = :run_id AND epoch = :run_epoch``."""
     return (update(RUNS)
             .where(RUNS.c.id == bindparam("run_id"), RUNS.c.epoch == bindparam("run_epoch"))
@@ -113,10 +127,13 @@ def claim(execution_id: uuid.UUID) -> Claim | None:
     now = utcnow()
     with db.engine.begin() as connection:
         row = connection.execute(_CLAIM, {"run_id": execution_id, "now": now,
-                                          "lease": now + _lease()}).one_or_none()
-    if row is None:
-        return None
-    claimed = Claim(**row._mapping)
+                                          "lease": now + lease_length()}).one_or_none()
+    return None if row is None else claimed_from(row._mapping, now)
+
+
+def claimed_from(row, now: datetime) -> Claim:
+    """The Claim of a row that ``CLAIM_RETURNS`` returned for a claim made at ``now``."""
+    claimed = Claim(**{column.name: row[column.name] for column in CLAIM_RETURNS})
     if claimed.started_at == now:
         # The first claim: the run's timeout counts from now (the engine's own clock).
         claimed.started_at = None
@@ -135,7 +152,7 @@ def unclaim(execution_id: uuid.UUID, epoch: int, first: bool) -> None:
     db.session.commit()
 
 
-def _deferred_marker(workflow_id: uuid.UUID) -> str:
+def deferred_marker(workflow_id: uuid.UUID) -> str:
     return f"wfdeferred:{workflow_id}"
 
 
@@ -144,7 +161,7 @@ def defer(execution_id: uuid.UUID, workflow_id: uuid.UUID, epoch: int, first: bo
     run of the same workflow frees its slot (``wake_deferred``)."""
     unclaim(execution_id, epoch, first)
     try:
-        _store().set(_deferred_marker(workflow_id), 1, ex=int(DEFER.total_seconds() * 2))
+        store().set(deferred_marker(workflow_id), 1, ex=int(DEFER.total_seconds() * 2))
     except redis.RedisError as exc:
         log.warning("could not mark workflow %s as having deferred runs: %s", workflow_id, exc)
 
@@ -228,6 +245,12 @@ def load_graph(workflow_id: uuid.UUID, version: int):
     return loaded
 
 
+def side_effect_nodes(definition: dict | None) -> set[str]:
+    """The ids of the nodes that act outside the run (recorded before they start)."""
+    return {node["id"] for node in (definition or {}).get("nodes", [])
+            if str(node.get("type", "")).startswith(SIDE_EFFECT_TYPES)}
+
+
 # --- recording a run ----------------------------------------------------------------------
 
 class RunRecorder:
@@ -283,6 +306,11 @@ class RunRecorder:
                 or time.monotonic() - self.last_flush > FLUSH_INTERVAL_S):
             self.flush()
 
+    def begin(self) -> None:
+        """The run starts now (the runs of a batch wait for each other): its flush and
+        cancellation clocks count from here."""
+        self.last_flush = self._cancel_checked_at = time.monotonic()
+
     def is_cancelled(self) -> bool:
         now = time.monotonic()
         if now - self._cancel_checked_at > 1.0:
@@ -296,34 +324,44 @@ class RunRecorder:
     def flush(self, final: dict | None = None) -> None:
         """Commit pending node rows (and the final state) in one fenced transaction."""
         now = utcnow()
-        values = {"lease_expires_at": now + _lease(), "updated_at": now, **(final or {})}
+        values = {"lease_expires_at": now + lease_length(), "updated_at": now, **(final or {})}
         with db.engine.begin() as connection:
             touched = connection.execute(
-                _fenced_update(frozenset(values)),
+                fenced_update(frozenset(values)),
                 {"run_id": self.execution_id, "run_epoch": self.epoch, **values}).rowcount
             if not touched:
                 self.fenced.set()
                 raise Fenced(str(self.execution_id))  # rolls the transaction back
-            inserts = []
-            for row in self.pending:
-                ident = (row["node_key"], row["attempt"])
-                if ident in self.existing:
-                    connection.execute(
-                        update(NODES)
-                        .where(NODES.c.execution_id == self.execution_id,
-                               NODES.c.node_key == row["node_key"],
-                               NODES.c.attempt == row["attempt"])
-                        .values(**{k: v for k, v in row.items()
-                                   if k not in ("node_key", "attempt")
-                                   # a resumed wait does not know when it started; keep
-                                   # the row's
-                                   and not (k == "started_at" and v is None)}))
-                else:
-                    self.existing.add(ident)
-                    inserts.append({**NODE_ROW, "id": uuid.uuid4(),
-                                    "execution_id": self.execution_id, **row})
+            inserts = self.write_known_nodes(connection)
             if inserts:
-                connection.execute(_INSERT_NODES, inserts)
+                connection.execute(INSERT_NODES, inserts)
+        events.publish_many(store(), self.user_id, self.committed(final))
+
+    def write_known_nodes(self, connection) -> list[dict]:
+        """Update the pending node rows that exist already (a resumed attempt); return the
+        others, as rows to insert (the caller inserts them in the same transaction)."""
+        inserts = []
+        for row in self.pending:
+            ident = (row["node_key"], row["attempt"])
+            if ident in self.existing:
+                connection.execute(
+                    update(NODES)
+                    .where(NODES.c.execution_id == self.execution_id,
+                           NODES.c.node_key == row["node_key"],
+                           NODES.c.attempt == row["attempt"])
+                    .values(**{k: v for k, v in row.items()
+                               if k not in ("node_key", "attempt")
+                               # a resumed wait does not know when it started; keep the row's
+                               and not (k == "started_at" and v is None)}))
+            else:
+                self.existing.add(ident)
+                inserts.append({**NODE_ROW, "id": uuid.uuid4(),
+                                "execution_id": self.execution_id, **row})
+        return inserts
+
+    def committed(self, final: dict | None = None) -> list[dict]:
+        """The pending rows (and ``final``) are committed: forget them; the events to
+        publish."""
         flushed, self.pending = self.pending, []
         self.last_flush = time.monotonic()
         published = [self._node_event(row) for row in flushed]
@@ -332,7 +370,7 @@ class RunRecorder:
                        if final["status"] in FINAL_STATES else None)
             published.append(events.run_event(self.execution_id, self.workflow_id,
                                               final["status"], outcome=outcome))
-        events.publish_many(_store(), self.user_id, published)
+        return published
 
     def _node_event(self, row: dict) -> dict:
         error = row.get("error")
@@ -342,14 +380,16 @@ class RunRecorder:
                 "error": error.get("message") if isinstance(error, dict) else error}
 
     def finish(self, result) -> None:
-        now = utcnow()
-        if result.status == "parked":
-            final = {"status": "waiting", "resume_at": result.resume_at,
-                     "lease_expires_at": result.resume_at}
-        else:
-            final = {"status": result.status, "result": result.result, "error": result.error,
-                     "finished_at": now, "lease_expires_at": None}
-        self.flush(final)
+        self.flush(final_values(result))
+
+
+def final_values(result) -> dict:
+    """The run's columns once the engine returned ``result``: a final state, or parked."""
+    if result.status == "parked":
+        return {"status": "waiting", "resume_at": result.resume_at,
+                "lease_expires_at": result.resume_at}
+    return {"status": result.status, "result": result.result, "error": result.error,
+            "finished_at": utcnow(), "lease_expires_at": None}
 
 
 # --- lease keeping ------------------------------------------------------------------------
@@ -406,7 +446,7 @@ class LeaseKeeper:
                 log.warning("could not renew workflow slot %s: %s", slot.key, exc)
 
 
-def _keeper() -> LeaseKeeper:
+def lease_keeper() -> LeaseKeeper:
     keeper = current_app.extensions.get("jobsprint.lease_keeper")
     if keeper is None:
         keeper = current_app.extensions.setdefault(
@@ -459,7 +499,7 @@ def run_execution(execution_id: str) -> None:
         logs.execution_id.reset(token)
 
 
-def _finished(status: str, began: datetime) -> None:
+def count_finished(status: str, began: datetime) -> None:
     """A final state committed by this worker: count it once, and say so in the log."""
     seconds = (utcnow() - began).total_seconds()
     metrics.run_finished(status, seconds)
@@ -474,7 +514,7 @@ def _run(execution_id: uuid.UUID) -> None:
     began = run.started_at or utcnow()
     graph, definition = load_graph(run.workflow_id, run.workflow_version)
     concurrency = int(((definition or {}).get("settings") or {}).get("concurrency", 1))
-    slot = WorkflowSlot(_store(), str(run.workflow_id), max(1, concurrency),
+    slot = WorkflowSlot(store(), str(run.workflow_id), max(1, concurrency),
                         holder=str(execution_id))
     try:
         acquired = slot.acquire()
@@ -484,22 +524,21 @@ def _run(execution_id: uuid.UUID) -> None:
     if not acquired:
         defer(execution_id, run.workflow_id, run.epoch, first_claim)
         return
-    keeper = _keeper()
+    keeper = lease_keeper()
     release = True  # a fenced-out worker leaves the slot to the run's new holder
     try:
         # A run delivered for the first time (not a retry) has no node rows yet.
         resumed = run.deliveries > 1 or run.retry_of_id is not None
         resume, existing = _resume_state(execution_id) if resumed else ({}, set())
-        side_effects = {n["id"] for n in (definition or {}).get("nodes", [])
-                        if str(n.get("type", "")).startswith(SIDE_EFFECT_TYPES)}
+        side_effects = side_effect_nodes(definition)
         recorder = RunRecorder(execution_id, run.user_id, run.workflow_id, run.epoch, existing,
                                side_effects, cancelled=run.cancel_requested, graph=graph)
-        events.publish_many(_store(), run.user_id, [
+        events.publish_many(store(), run.user_id, [
             events.run_event(execution_id, run.workflow_id, "running")])
         if graph is None:
             recorder.flush({"status": "failed", "finished_at": utcnow(),
                             "error": {"message": "the workflow version no longer exists"}})
-            _finished("failed", began)
+            count_finished("failed", began)
             return
         keeper.track(recorder, slot)
         result = engine.run_graph(
@@ -511,7 +550,7 @@ def _run(execution_id: uuid.UUID) -> None:
         if result.status == "parked":
             log.info("run parked until %s", result.resume_at)
         else:
-            _finished(result.status, began)
+            count_finished(result.status, began)
     except Fenced:
         log.info("run %s was handed to another worker; this one stops", execution_id)
         db.session.rollback()
@@ -525,12 +564,16 @@ def _run(execution_id: uuid.UUID) -> None:
 def _give_back(slot: WorkflowSlot, workflow_id: uuid.UUID) -> None:
     """Free the slot and, if runs of the workflow wait for one, wake the longest waiting."""
     try:
-        waiting = slot.release(check=_deferred_marker(workflow_id))
+        waiting = slot.release(check=deferred_marker(workflow_id))
     except redis.RedisError as exc:
         log.warning("could not release workflow slot %s: %s", slot.key, exc)
         return
-    if not waiting:
-        return
+    if waiting:
+        wake_deferred_safely(workflow_id)
+
+
+def wake_deferred_safely(workflow_id: uuid.UUID) -> None:
+    """``wake_deferred``, or a warning if it fails (the reaper publishes deferred runs)."""
     try:
         wake_deferred(workflow_id)
     except Exception as exc:  # noqa: BLE001 - the reaper publishes deferred runs anyway

@@ -68,15 +68,16 @@ class Recorder:
 
 
 @contextmanager
-def consuming(queue: RunQueue, handler, concurrency: int = 1,
-              stop_within_s: float = 5.0) -> Iterator[threading.Event]:
+def consuming(queue: RunQueue, handler, concurrency: int = 1, stop_within_s: float = 5.0,
+              batch_handler=None) -> Iterator[threading.Event]:
     """Run ``queue.consume`` on a thread for the ``with`` block; fail if it does not stop."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            queue.consume(handler, stop=stop, concurrency=concurrency)
+            queue.consume(handler, stop=stop, concurrency=concurrency,
+                          batch_handler=batch_handler)
         except BaseException as exc:  # reported on the test's thread below
             errors.append(exc)
 
@@ -148,6 +149,13 @@ def _amqp_channel():
         yield connection.channel()
     finally:
         connection.close()
+
+
+@pytest.fixture
+def rabbit_queues() -> Iterator[Queues]:
+    opened = Queues("rabbitmq")
+    yield opened
+    opened.cleanup()
 
 
 @pytest.fixture(params=["inline", pytest.param("rq", marks=pytest.mark.services),

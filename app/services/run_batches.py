@@ -1,0 +1,231 @@
+"""Running several pure runs at once: the queue hands a worker thread the deliveries that
+gathered while it was busy, and their bookkeeping is shared.
+
+A run one at a time (app.services.runs) costs two transactions, four Redis round trips and an
+ack; most of a short run's time. A batch of first deliveries of pure workflows (no node with
+side effects: nothing leaves the run, so running it needs nothing but its input) costs, for
+all its runs together: one SELECT to sort them, one claim statement (the same fenced claim,
+over every id), one round trip for their workflow slots, one for their "running" events, one
+transaction for their final states (an executemany of the same fenced update) and node rows
+(one multi-row INSERT), one round trip for their events and the slots' release. The runs
+themselves go one after another on the calling thread, each with its own recorder.
+
+Everything else in the batch — a redelivery (it may have node rows to resume from), a retry,
+a run whose cancellation was asked, a workflow with side effects, a version that no longer
+exists — is handed back untouched, for the queue to run one at a time.
+
+Correctness is the same as one at a time: every run is claimed by its epoch and finished by a
+write fenced by it; a run fenced out meanwhile (the reaper handed it on) writes nothing and
+publishes nothing. Until the batch's final transaction commits, every run of it is ``running``
+and the lease keeper renews its lease; a worker killed before the commit leaves them to the
+reaper (the queue delivers them again, and their claim then finds nothing to do), so a run is
+lost by nothing and finished once.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from sqlalchemy import bindparam, select
+
+from app import engine, logs
+from app.db import db
+from app.live import events
+from app.models import utcnow
+from app.services import runs
+from app.services.locks import WorkflowSlot, acquire_all, release_all
+
+log = logging.getLogger(__name__)
+
+RUNS = runs.RUNS
+_SORT = select(RUNS.c.id, RUNS.c.workflow_id, RUNS.c.workflow_version, RUNS.c.deliveries,
+               RUNS.c.retry_of_id, RUNS.c.cancel_requested).where(
+    RUNS.c.id.in_(bindparam("run_ids", expanding=True)), RUNS.c.status == "queued")
+_EPOCHS = select(RUNS.c.id, RUNS.c.epoch).where(
+    RUNS.c.id.in_(bindparam("run_ids", expanding=True)))
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    """One run of the batch on its way through."""
+
+    id: uuid.UUID
+    claim: runs.Claim
+    graph: Any
+    slot: WorkflowSlot
+    recorder: runs.RunRecorder
+    began: datetime
+    final: dict | None = None
+
+
+def run_batch(execution_ids: list[str]) -> list[str]:
+    """Queue handler for several deliveries: runs the pure first deliveries among them and
+    returns the ids to run one at a time (``runs.run_execution``). Returns once every run it
+    kept is committed; raises only on infrastructure failure (none of them is then finished)."""
+    try:
+        return _run_batch([uuid.UUID(execution_id) for execution_id in execution_ids])
+    finally:
+        db.remove()
+
+
+def _run_batch(ids: list[uuid.UUID]) -> list[str]:
+    pure, single = _sort(ids)
+    batch = _claim(pure)
+    batch = _take_slots(batch)
+    keeper = runs.lease_keeper()
+    for run in batch:
+        keeper.track(run.recorder, run.slot)
+    try:
+        events.publish_each(runs.store(), [
+            (run.claim.user_id, events.run_event(run.id, run.claim.workflow_id, "running"))
+            for run in batch])
+        finished = [run for run in batch if _execute(run)]
+        finished = _finish(finished)
+    finally:
+        for run in batch:
+            keeper.untrack(run.id)
+    _settle(batch, finished)
+    return [str(execution_id) for execution_id in single]
+
+
+def _sort(ids: list[uuid.UUID]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """(pure first deliveries, the rest still queued). Ids no longer queued are dropped: as
+    for one run's claim, they are finished, held elsewhere or duplicates."""
+    with db.engine.connect() as connection:
+        rows = connection.execute(_SORT, {"run_ids": ids}).all()
+    order = {execution_id: n for n, execution_id in enumerate(ids)}
+    rows.sort(key=lambda row: order[row.id])  # in delivery order: the first comes first
+    pure, single = [], []
+    for row in rows:
+        graph, definition = runs.load_graph(row.workflow_id, row.workflow_version)
+        if (graph is None or row.deliveries or row.retry_of_id is not None
+                or row.cancel_requested or runs.side_effect_nodes(definition)):
+            single.append(row.id)
+        else:
+            pure.append(row.id)
+    return pure, single
+
+
+def _claim(ids: list[uuid.UUID]) -> list[_Run]:
+    if not ids:
+        return []
+    now = utcnow()
+    with db.engine.begin() as connection:
+        rows = connection.execute(runs.CLAIM_MANY, {"run_ids": ids, "now": now,
+                                                    "lease": now + runs.lease_length()}).all()
+    order = {execution_id: n for n, execution_id in enumerate(ids)}
+    rows.sort(key=lambda row: order[row.id])
+    store = runs.store()
+    batch = []
+    for row in rows:
+        claim = runs.claimed_from(row._mapping, now)
+        graph, definition = runs.load_graph(claim.workflow_id, claim.workflow_version)
+        concurrency = int(((definition or {}).get("settings") or {}).get("concurrency", 1))
+        batch.append(_Run(
+            id=row.id, claim=claim, graph=graph, began=claim.started_at or now,
+            slot=WorkflowSlot(store, str(claim.workflow_id), max(1, concurrency),
+                              holder=str(row.id)),
+            recorder=runs.RunRecorder(row.id, claim.user_id, claim.workflow_id, claim.epoch,
+                                      set(), set(), graph=graph)))
+    return batch
+
+
+def _take_slots(batch: list[_Run]) -> list[_Run]:
+    """The runs that got a slot of their workflow; the others are deferred, as one run is."""
+    try:
+        taken = acquire_all(runs.store(), [run.slot for run in batch])
+    except redis.RedisError as exc:
+        log.warning("workflow slots unavailable (%s); running on the database fence alone", exc)
+        return batch
+    for run, got in zip(batch, taken, strict=True):
+        if not got:
+            runs.defer(run.id, run.claim.workflow_id, run.claim.epoch,
+                       run.claim.started_at is None)
+    return [run for run, got in zip(batch, taken, strict=True) if got]
+
+
+def _execute(run: _Run) -> bool:
+    """Run the engine on one run of the batch; False if it has nothing to commit (fenced, or
+    failed unexpectedly: the reaper hands it on once its lease passes)."""
+    token = logs.execution_id.set(str(run.id))
+    run.recorder.begin()
+    try:
+        result = engine.run_graph(
+            run.graph, trigger_id=run.claim.trigger_node_id, trigger_output=run.claim.input,
+            execution={"id": str(run.id), "workflow_id": str(run.claim.workflow_id)},
+            callbacks=run.recorder, ports=engine.Ports(is_cancelled=run.recorder.is_cancelled),
+            options=engine.RunOptions(started_at=run.claim.started_at))
+        if result.status == "parked":  # not for a pure graph; if ever, as one run would
+            run.recorder.finish(result)
+            return False
+        run.final = runs.final_values(result)
+        return True
+    except runs.Fenced:
+        log.info("run %s was handed to another worker; this one stops", run.id)
+        db.session.rollback()
+        return False
+    except Exception:  # noqa: BLE001 - one run's fault must not sink the batch
+        log.exception("run %s failed in its batch; the reaper hands it on", run.id)
+        db.session.rollback()
+        return False
+    finally:
+        logs.execution_id.reset(token)
+
+
+def _finish(batch: list[_Run]) -> list[_Run]:
+    """Commit every run's final state and node rows in one transaction; returns the runs
+    whose write went in (the others were fenced out meanwhile)."""
+    if not batch:
+        return []
+    now = utcnow()
+    rows = [{"run_id": run.id, "run_epoch": run.recorder.epoch, "updated_at": now, **run.final}
+            for run in batch]
+    shapes = {frozenset(row) for row in rows}
+    with db.engine.begin() as connection:
+        touched = sum(connection.execute(
+            runs.fenced_update(shape - {"run_id", "run_epoch"}),
+            [row for row in rows if frozenset(row) == shape]).rowcount for shape in shapes)
+        if touched < len(batch):
+            current = dict(connection.execute(_EPOCHS, {"run_ids": [r.id for r in batch]}).all())
+            for run in batch:
+                if current.get(run.id) != run.recorder.epoch:
+                    run.recorder.fenced.set()
+            kept = [run for run in batch if not run.recorder.fenced.is_set()]
+            log.info("%d runs of the batch were handed to another worker; this one writes "
+                     "nothing of them", len(batch) - len(kept))
+            batch = kept
+        inserts = [row for run in batch for row in run.recorder.write_known_nodes(connection)]
+        if inserts:
+            connection.execute(runs.INSERT_NODES, inserts)
+    return batch
+
+
+def _settle(batch: list[_Run], finished: list[_Run]) -> None:
+    """After the commit: publish the finished runs' events and free every slot not handed on
+    (one round trip), wake the workflows with deferred runs, count the finished runs."""
+    published = [(run.claim.user_id, event) for run in finished
+                 for event in run.recorder.committed(run.final)]
+    released = [run for run in batch if not run.recorder.fenced.is_set()]
+    workflows = list(dict.fromkeys(run.claim.workflow_id for run in released))
+    try:
+        waiting = release_all(runs.store(), [run.slot for run in released],
+                              [runs.deferred_marker(workflow_id) for workflow_id in workflows],
+                              also=lambda pipe: events.queue_each(pipe, published))
+    except redis.RedisError as exc:
+        log.warning("could not publish %d events nor free %d workflow slots: %s",
+                    len(published), len(released), exc)
+        waiting = []
+    for workflow_id, has_waiting in zip(workflows, waiting, strict=False):
+        if has_waiting:
+            runs.wake_deferred_safely(workflow_id)
+    for run in finished:
+        token = logs.execution_id.set(str(run.id))
+        try:
+            runs.count_finished(run.final["status"], run.began)
+        finally:
+            logs.execution_id.reset(token)

@@ -1,0 +1,99 @@
+"""RabbitMQ hands a batch handler the deliveries that waited while its threads were busy;
+what the batch handler leaves goes to the one-at-a-time handler; a failing batch is delivered
+again. Against the real broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from app.queue.rabbitmq import MAX_BATCH
+from tests.integration.queue.conftest import Recorder, consuming, new_ids, wait_until
+
+pytestmark = pytest.mark.services
+
+
+class BatchRecorder:
+    """A batch handler that records each batch; ``leave(ids)`` picks the ids it hands back,
+    ``fail(call)`` says when a call raises."""
+
+    def __init__(self, leave=lambda ids: [], fail=lambda call: False, sleep_s: float = 0.0):
+        self.batches: list[list[str]] = []
+        self._lock = threading.Lock()
+        self._leave = leave
+        self._fail = fail
+        self._sleep_s = sleep_s
+
+    def __call__(self, ids: list[str]) -> list[str]:
+        with self._lock:
+            self.batches.append(list(ids))
+            call = len(self.batches)
+        time.sleep(self._sleep_s)
+        if self._fail(call):
+            raise RuntimeError(f"test batch handler fails call {call}")
+        return self._leave(ids)
+
+    def seen(self) -> list[str]:
+        with self._lock:
+            return [execution_id for batch in self.batches for execution_id in batch]
+
+
+def _settled(queue) -> bool:
+    return queue.depth() == 0
+
+
+def test_deliveries_waiting_for_a_thread_reach_the_batch_handler_together(rabbit_queues):
+    queue = rabbit_queues.open()
+    ids = new_ids(200)
+    queue.publish(ids)
+    single, batch = Recorder(), BatchRecorder(sleep_s=0.01)
+    with consuming(queue, single, concurrency=2, batch_handler=batch):
+        wait_until(lambda: len(batch.seen()) + len(single.handled()) == len(ids), timeout=20,
+                   what="every id to be handled")
+        wait_until(lambda: _settled(queue), what="the queue to empty")
+    handled = batch.seen() + list(single.counts.elements())
+    assert sorted(handled) == sorted(ids), "an id was lost or handled twice"
+    sizes = [len(b) for b in batch.batches]
+    assert max(sizes) > 1, f"no batch held more than one delivery: {sizes}"
+    assert max(sizes) <= MAX_BATCH
+    # Everything was acked: a new consumer gets nothing.
+    again = Recorder()
+    with consuming(rabbit_queues.open(), again, batch_handler=BatchRecorder()):
+        time.sleep(1.0)
+    assert not again.counts
+
+
+def test_the_ids_a_batch_handler_leaves_are_handled_one_at_a_time(rabbit_queues):
+    queue = rabbit_queues.open()
+    ids = new_ids(120)
+    left = set(ids[::3])
+    queue.publish(ids)
+    single = Recorder()
+    batch = BatchRecorder(leave=lambda got: [i for i in got if i in left], sleep_s=0.01)
+    with consuming(queue, single, concurrency=2, batch_handler=batch):
+        wait_until(lambda: set(batch.seen()) | single.handled() == set(ids), timeout=20,
+                   what="every id to be handled")
+        wait_until(lambda: _settled(queue), what="the queue to empty")
+    in_batches = set(batch.seen())
+    # Ids that came alone went to the single handler directly; none of the others did.
+    assert single.handled() == left | (set(ids) - in_batches)
+    assert all(count == 1 for count in single.counts.values())
+
+
+def test_a_batch_that_fails_is_delivered_again(rabbit_queues, caplog):
+    queue = rabbit_queues.open()
+    ids = new_ids(60)
+    queue.publish(ids)
+    single = Recorder()
+    batch = BatchRecorder(fail=lambda call: call == 1, sleep_s=0.01)
+    with consuming(queue, single, concurrency=1, batch_handler=batch):
+        wait_until(lambda: batch.batches and len(batch.batches[0]) > 0, what="a first batch")
+        failed = set(batch.batches[0])
+        wait_until(lambda: failed <= set(batch.seen()[len(failed):]) | single.handled(),
+                   timeout=20, what="the failed batch's ids to come again")
+        wait_until(lambda: _settled(queue), what="the queue to empty")
+    assert len(failed) > 1
+    assert set(batch.seen()) | single.handled() == set(ids)
+    assert "a batch of" in caplog.text and "failed" in caplog.text

@@ -1,0 +1,139 @@
+"""app.services.run_batches against the real database (both modes): what a batch runs, what
+it hands back untouched, and that a run handed on while its batch ran writes nothing. The
+runs are queued with no worker consuming them, and the test calls the batch handler itself,
+as the queue would."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import select, update
+
+from app.db import db
+from app.models import Execution, ExecutionNode
+from app.services import run_batches
+
+
+@pytest.fixture
+def settings_overrides() -> dict:
+    return {"inline_workers": False}  # runs stay queued until the test hands them over
+
+
+@pytest.fixture
+def api(client, auth):
+    headers = {"Authorization": f"Bearer {auth.register_api()['token']}"}
+
+    class Api:
+        def workflow(self, nodes: list[dict], concurrency: int = 5) -> str:
+            all_nodes = [{"id": "start", "type": "trigger.manual", "params": {}}, *nodes]
+            response = client.post("/api/v1/workflows", headers=headers, json={
+                "name": "Batch", "nodes": all_nodes, "settings": {"concurrency": concurrency},
+                "connections": [{"from": a["id"], "to": b["id"]}
+                                for a, b in zip(all_nodes, all_nodes[1:], strict=False)]})
+            assert response.status_code == 201, response.get_json()
+            return response.get_json()["id"]
+
+        def run(self, workflow_id: str, n: int) -> str:
+            response = client.post(f"/api/v1/workflows/{workflow_id}/run", headers=headers,
+                                   json={"input": {"n": n}})
+            assert response.status_code == 202, response.get_json()
+            return response.get_json()["execution_id"]
+
+    return Api()
+
+
+DOUBLE = {"id": "double", "type": "logic.set", "params": {"fields": {"v": "{{ input.n * 2 }}"}}}
+CALL = {"id": "call", "type": "http.request", "params": {"url": "http://127.0.0.1:9/never"}}
+
+
+def run_row(app, execution_id: str) -> Execution:
+    with app.app_context():
+        row = db.session.get(Execution, uuid.UUID(execution_id))
+        db.session.expunge_all()
+        db.session.commit()
+        return row
+
+
+def node_keys(app, execution_id: str) -> list[str]:
+    with app.app_context():
+        keys = list(db.session.scalars(select(ExecutionNode.node_key).where(
+            ExecutionNode.execution_id == uuid.UUID(execution_id))))
+        db.session.commit()
+        return sorted(keys)
+
+
+def test_a_batch_runs_its_pure_first_deliveries_and_hands_back_the_rest(app, api):
+    pure = api.workflow([DOUBLE])
+    calls = api.workflow([CALL])
+    pure_ids = [api.run(pure, n) for n in range(5)]
+    call_ids = [api.run(calls, n) for n in range(2)]
+    redelivered = api.run(pure, 99)
+    with app.app_context():  # as if a worker had claimed it once and died
+        db.session.execute(update(Execution).where(Execution.id == uuid.UUID(redelivered))
+                           .values(deliveries=1))
+        db.session.commit()
+    unknown = str(uuid.uuid4())
+
+    with app.app_context():
+        left = run_batches.run_batch([*pure_ids, *call_ids, redelivered, unknown])
+
+    assert sorted(left) == sorted([*call_ids, redelivered])
+    for n, execution_id in enumerate(pure_ids):
+        run = run_row(app, execution_id)
+        assert (run.status, run.epoch, run.deliveries) == ("succeeded", 1, 1)
+        assert run.result == {"n": n, "v": n * 2}
+        assert run.finished_at is not None and run.lease_expires_at is None
+        assert node_keys(app, execution_id) == ["double", "start"]
+    for execution_id in [*call_ids, redelivered]:  # untouched: still queued, never claimed
+        run = run_row(app, execution_id)
+        assert (run.status, run.epoch) == ("queued", 0)
+        assert node_keys(app, execution_id) == []
+    # A finished run delivered again in a later batch is left alone.
+    with app.app_context():
+        assert run_batches.run_batch(pure_ids[:2]) == []
+    assert run_row(app, pure_ids[0]).epoch == 1
+
+
+def test_a_run_handed_on_while_its_batch_ran_writes_nothing(app, api, monkeypatch, caplog):
+    pure = api.workflow([DOUBLE])
+    ids = [api.run(pure, n) for n in range(4)]
+    victim = uuid.UUID(ids[1])
+    execute = run_batches._execute
+
+    def reaper_strikes(run):
+        if run.id == victim:
+            # The reaper decided this run's worker was gone: a new epoch, queued again.
+            with db.engine.begin() as connection:
+                connection.execute(update(Execution).where(Execution.id == victim).values(
+                    status="queued", epoch=Execution.epoch + 1))
+        return execute(run)
+
+    monkeypatch.setattr(run_batches, "_execute", reaper_strikes)
+    with app.app_context():
+        assert run_batches.run_batch(ids) == []
+
+    fenced = run_row(app, ids[1])
+    assert (fenced.status, fenced.epoch, fenced.result) == ("queued", 2, None)
+    assert node_keys(app, ids[1]) == []
+    for n in (0, 2, 3):
+        assert run_row(app, ids[n]).status == "succeeded"
+        assert node_keys(app, ids[n]) == ["double", "start"]
+    assert "1 runs of the batch were handed to another worker" in caplog.text
+
+
+def test_runs_of_a_workflow_without_a_free_slot_are_deferred_not_lost(app, api):
+    single = api.workflow([DOUBLE], concurrency=1)
+    ids = [api.run(single, n) for n in range(3)]
+    with app.app_context():
+        assert run_batches.run_batch(ids) == []
+    states = [run_row(app, execution_id) for execution_id in ids]
+    assert states[0].status == "succeeded"
+    for run in states[1:]:  # given back, due after the deferral, as one run would be
+        assert (run.status, run.deliveries, run.started_at) == ("queued", 0, None)
+        assert run.lease_expires_at is not None
+    # The next batch takes them, one slot at a time again.
+    with app.app_context():
+        assert run_batches.run_batch([str(r.id) for r in states[1:]]) == []
+    assert run_row(app, ids[1]).status == "succeeded"
+
