@@ -5,10 +5,11 @@ A run one at a time (app.services.runs) costs two transactions, four Redis round
 ack; most of a short run's time. A batch of first deliveries of pure workflows (no node with
 side effects: nothing leaves the run, so running it needs nothing but its input) costs, for
 all its runs together: one SELECT to sort them, one claim statement (the same fenced claim,
-over every id), one round trip for their workflow slots, one for their "running" events, one
-transaction for their final states (an executemany of the same fenced update) and node rows
-(one multi-row INSERT), one round trip for their events and the slots' release. The runs
-themselves go one after another on the calling thread, each with its own recorder.
+over every id), one round trip for their workflows' slots (one slot per workflow: the batch
+runs one run at a time), one for their "running" events, one transaction for their final
+states (an executemany of the same fenced update) and node rows (one multi-row INSERT), one
+round trip for their events and the slots' release. The runs themselves go one after another
+on the calling thread, each with its own recorder.
 
 Everything else in the batch — a redelivery (it may have node rows to resume from), a retry,
 a run whose cancellation was asked, a workflow with side effects, a version that no longer
@@ -121,32 +122,42 @@ def _claim(ids: list[uuid.UUID]) -> list[_Run]:
     order = {execution_id: n for n, execution_id in enumerate(ids)}
     rows.sort(key=lambda row: order[row.id])
     store = runs.store()
+    slots: dict[uuid.UUID, WorkflowSlot] = {}
     batch = []
     for row in rows:
         claim = runs.claimed_from(row._mapping, now)
         graph, definition = runs.load_graph(claim.workflow_id, claim.workflow_version)
-        concurrency = int(((definition or {}).get("settings") or {}).get("concurrency", 1))
+        slot = slots.get(claim.workflow_id)
+        if slot is None:
+            # The batch runs one run at a time: one slot per workflow is enough, held in the
+            # name of the workflow's first run (its redelivery after a crash takes it back).
+            concurrency = int(((definition or {}).get("settings") or {}).get("concurrency", 1))
+            slot = slots[claim.workflow_id] = WorkflowSlot(
+                store, str(claim.workflow_id), max(1, concurrency), holder=str(row.id))
         batch.append(_Run(
-            id=row.id, claim=claim, graph=graph, began=claim.started_at or now,
-            slot=WorkflowSlot(store, str(claim.workflow_id), max(1, concurrency),
-                              holder=str(row.id)),
+            id=row.id, claim=claim, graph=graph, began=claim.started_at or now, slot=slot,
             recorder=runs.RunRecorder(row.id, claim.user_id, claim.workflow_id, claim.epoch,
                                       set(), set(), graph=graph)))
     return batch
 
 
+def _distinct_slots(batch: list[_Run]) -> list[WorkflowSlot]:
+    return list({id(run.slot): run.slot for run in batch}.values())
+
+
 def _take_slots(batch: list[_Run]) -> list[_Run]:
-    """The runs that got a slot of their workflow; the others are deferred, as one run is."""
+    """The runs whose workflow's slot the batch got; the others are deferred, as one run
+    is."""
     try:
-        taken = acquire_all(runs.store(), [run.slot for run in batch])
+        acquire_all(runs.store(), _distinct_slots(batch))
     except redis.RedisError as exc:
         log.warning("workflow slots unavailable (%s); running on the database fence alone", exc)
         return batch
-    for run, got in zip(batch, taken, strict=True):
-        if not got:
+    for run in batch:
+        if not run.slot.held:
             runs.defer(run.id, run.claim.workflow_id, run.claim.epoch,
                        run.claim.started_at is None)
-    return [run for run, got in zip(batch, taken, strict=True) if got]
+    return [run for run in batch if run.slot.held]
 
 
 def _execute(run: _Run) -> bool:
@@ -210,10 +221,12 @@ def _settle(batch: list[_Run], finished: list[_Run]) -> None:
     (one round trip), wake the workflows with deferred runs, count the finished runs."""
     published = [(run.claim.user_id, event) for run in finished
                  for event in run.recorder.committed(run.final)]
-    released = [run for run in batch if not run.recorder.fenced.is_set()]
-    workflows = list(dict.fromkeys(run.claim.workflow_id for run in released))
+    # A slot held in the name of a run that was handed on is that run's new holder's now.
+    handed_on = {str(run.id) for run in batch if run.recorder.fenced.is_set()}
+    released = [slot for slot in _distinct_slots(batch) if slot.token not in handed_on]
+    workflows = list(dict.fromkeys(run.claim.workflow_id for run in batch))
     try:
-        waiting = release_all(runs.store(), [run.slot for run in released],
+        waiting = release_all(runs.store(), released,
                               [runs.deferred_marker(workflow_id) for workflow_id in workflows],
                               also=lambda pipe: events.queue_each(pipe, published))
     except redis.RedisError as exc:

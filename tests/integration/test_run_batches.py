@@ -12,7 +12,8 @@ from sqlalchemy import select, update
 
 from app.db import db
 from app.models import Execution, ExecutionNode
-from app.services import run_batches
+from app.services import run_batches, runs
+from app.services.locks import WorkflowSlot
 
 
 @pytest.fixture
@@ -122,18 +123,20 @@ def test_a_run_handed_on_while_its_batch_ran_writes_nothing(app, api, monkeypatc
     assert "1 runs of the batch were handed to another worker" in caplog.text
 
 
-def test_runs_of_a_workflow_without_a_free_slot_are_deferred_not_lost(app, api):
+def test_a_batch_takes_one_slot_per_workflow_and_defers_runs_whose_slot_is_taken(app, api):
     single = api.workflow([DOUBLE], concurrency=1)
     ids = [api.run(single, n) for n in range(3)]
     with app.app_context():
+        other = WorkflowSlot(runs.store(), single, 1, holder="another worker's run")
+        assert other.acquire()
         assert run_batches.run_batch(ids) == []
-    states = [run_row(app, execution_id) for execution_id in ids]
-    assert states[0].status == "succeeded"
-    for run in states[1:]:  # given back, due after the deferral, as one run would be
+    for execution_id in ids:  # given back, due after the deferral, as one run would be
+        run = run_row(app, execution_id)
         assert (run.status, run.deliveries, run.started_at) == ("queued", 0, None)
         assert run.lease_expires_at is not None
-    # The next batch takes them, one slot at a time again.
     with app.app_context():
-        assert run_batches.run_batch([str(r.id) for r in states[1:]]) == []
-    assert run_row(app, ids[1]).status == "succeeded"
-
+        other.release()
+        # The batch runs its runs one at a time under one slot: a concurrency of 1 holds.
+        assert run_batches.run_batch(ids) == []
+        assert runs.store().zcard(f"wflock:{single}") == 0  # released after the batch
+    assert [run_row(app, execution_id).status for execution_id in ids] == ["succeeded"] * 3
