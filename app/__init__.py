@@ -46,7 +46,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     logs.configure(settings.log_level, settings.log_format)
-    app.wsgi_app = logs.RequestIds(app.wsgi_app)
 
     db.configure(settings.database_url)
     upgrade_if_embedded(settings)
@@ -63,6 +62,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.web import register_blueprints
 
     register_blueprints(app)
+    from app.web.hooks import FastPath
+
+    # Outermost first: the request's id, then deliveries to /hooks (outside Flask), then Flask.
+    app.wsgi_app = logs.RequestIds(FastPath(app, app.wsgi_app))
     from app import cli
 
     cli.init_app(app)

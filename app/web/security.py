@@ -23,6 +23,11 @@ def client_addr() -> str | None:
 
 
 def _secure_headers(response: Response) -> Response:
+    return secure_headers(response, request.path)
+
+
+def secure_headers(response: Response, path: str) -> Response:
+    """The headers every response carries (``path``: the request's)."""
     headers = response.headers
     headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -30,7 +35,7 @@ def _secure_headers(response: Response) -> Response:
     headers.setdefault("Referrer-Policy", "same-origin")
     headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
     headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-    if request.path.startswith("/api/") or response.mimetype == "text/html":
+    if path.startswith("/api/") or response.mimetype == "text/html":
         headers.setdefault("Cache-Control", "no-store")
     return response
 

@@ -14,10 +14,12 @@ from dataclasses import replace
 from datetime import timedelta
 from types import SimpleNamespace
 
+import flask
 import pytest
 import requests
 from sqlalchemy import func, select, update
 
+from app import metrics
 from app.db import db
 from app.models import AuditLog, Execution, TriggerEvent, Webhook, WebhookLink, utcnow
 from app.services import cache, webhooks
@@ -491,6 +493,64 @@ def test_an_unknown_token_is_a_404(client):
     answer = deliver(client, "/hooks/" + "x" * 43, raw(BODY), {})
     assert answer.status_code == 404
     assert answer.get_json()["error"]["code"] == "not_found"
+
+
+# --- outside Flask's request machinery ------------------------------------------
+
+def _delivered(result: str) -> float:
+    return metrics.WEBHOOK_DELIVERIES.labels(result)._value.get()
+
+
+SHARED_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                  "Referrer-Policy": "same-origin"}
+
+
+def test_answers_and_refusals_carry_what_every_response_carries(client, hook):
+    _workflow_id, path, secret = hook
+    accepted, refused = _delivered("accepted"), _delivered("unauthorized")
+    data = raw(BODY)
+    dispatched = []
+
+    def on_dispatch(sender, **_):
+        dispatched.append(sender)
+
+    with flask.request_started.connected_to(on_dispatch, client.application):
+        answers = [
+            deliver(client, path, data, {**signing.jobsprint(secret, data),
+                                         "X-Request-ID": "ok-1"}),
+            deliver(client, path, data, {"X-Request-ID": "no-2"}),
+            client.get(path)]  # the signal works: Flask dispatches this one
+    assert len(dispatched) == 1, "a delivery went through Flask's request dispatch"
+    answers.pop()
+    assert [a.status_code for a in answers] == [202, 401]
+    assert answers[1].get_json()["error"]["code"] == "unauthorized"
+    for answer, rid in zip(answers, ["ok-1", "no-2"], strict=True):
+        assert answer.headers["X-Request-ID"] == rid
+        assert answer.headers["Content-Security-Policy"].startswith("default-src 'self'")
+        assert {k: answer.headers.get(k) for k in SHARED_HEADERS} == SHARED_HEADERS
+        assert "Set-Cookie" not in answer.headers
+    assert (_delivered("accepted"), _delivered("unauthorized")) == (accepted + 1, refused + 1)
+
+
+def test_other_methods_go_to_flask_and_are_a_405(client, hook):
+    answer = client.get(hook[1])
+    assert answer.status_code == 405
+    assert answer.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_an_unexpected_fault_is_a_logged_500_without_its_detail(client, hook, monkeypatch,
+                                                                 caplog):
+    def broken(token, fresh=False):
+        raise RuntimeError("the detail that must stay in the log")
+
+    monkeypatch.setattr(webhooks, "lookup", broken)
+    errors = _delivered("error")
+    answer = deliver(client, hook[1], raw(BODY), {})
+    assert answer.status_code == 500
+    assert answer.get_json()["error"]["code"] == "internal_error"
+    assert "must stay" not in answer.get_data(as_text=True)
+    assert "the detail that must stay in the log" in caplog.text
+    assert _delivered("error") == errors + 1
 
 
 # --- unsigned webhooks ----------------------------------------------------------
