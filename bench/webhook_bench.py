@@ -10,7 +10,8 @@ must be more threads than clients), ``--workers`` ``python -m jobs.worker`` on R
 ``bench.runs``) and one ``python -m jobs.scheduler``, on PostgreSQL ``jobsprint_bench``
 (dropped, created and migrated), Redis db 12; all removed at the end.
 
-Workflows: trigger.webhook (auth jobsprint; respond when_finished for W1, immediately for W2)
+Workflows: trigger.webhook (auth jobsprint; respond when_finished for W1, immediately for W2,
+each workload's webhooks owned by a user of its own)
 -> logic.set (total = amount * 2, email lower-cased), settings.concurrency 50 (as w2_bench, so
 the per-workflow slot never serialises runs). Every request has a distinct order_id (no replay
 dedupe) and a fresh ``X-Jobsprint-Signature: t=<now>,v1=HMAC-SHA256(secret, "<t>.<body>")``.
@@ -242,10 +243,14 @@ def run(args, parts: dict[str, float]) -> None:
         stack.start()
         results = w2.Results(stack.db_url)
         client = w2.Client(stack.url)
+        # W2's webhooks belong to another user: W1's waiting requests keep their user's live
+        # channel subscribed for 30 s after the last one (app.live.hub), and W2 measures
+        # deliveries nobody watches.
+        other = w2.Client(stack.url)
         w1_hook = Hook(client, stack, "W1 webhook when_finished", "when_finished")
-        w2_hooks = {c: Hook(client, stack, f"W2 webhook immediately c={c}", "immediately")
+        w2_hooks = {c: Hook(other, stack, f"W2 webhook immediately c={c}", "immediately")
                     for c in levels}
-        held_hook = Hook(client, stack, "W2 webhook immediately, workers held", "immediately")
+        held_hook = Hook(other, stack, "W2 webhook immediately, workers held", "immediately")
         common = {"backend": BACKEND, "workers": args.workers,
                   "web": f"gthread{args.web_processes}x{args.web_threads}"}
         print_rss(stack, "idle_before_warmup")
