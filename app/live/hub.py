@@ -71,11 +71,15 @@ class Subscriber:
 
     def __init__(self, user_id: Any, *, limit: int = 256,
                  on_drop: Callable[[], None] | None = None,
-                 wants: Callable[[dict], bool] | None = None) -> None:
+                 wants: Callable[[dict], bool] | None = None,
+                 execution_id: Any = None) -> None:
         self.user_id = str(user_id)
         self.limit = limit
         self.on_drop = on_drop
-        self.wants = wants  # None: every event of the user
+        # Only the events of this run (the hub looks them up by run: many waiters of one user
+        # cost one lookup per event, not one call each), and of those, what ``wants`` accepts.
+        self.execution_id = None if execution_id is None else str(execution_id)
+        self.wants = wants  # None: every event (of the run, or of the user)
         self._items: deque[Event] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._resync = False
@@ -149,7 +153,9 @@ class Hub:
         self.backoff_max_s = backoff_max_s
         self.ping_s = ping_s
         self.linger_s = linger_s
-        self._users: dict[str, set[Subscriber]] = {}
+        self._users: dict[str, set[Subscriber]] = {}  # every inbox, by user
+        self._watching: dict[str, set[Subscriber]] = {}  # inboxes of all a user's events
+        self._by_run: dict[str, set[Subscriber]] = {}  # inboxes of one run's events
         # per user whose channel is wanted: set once its subscription is confirmed on the
         # current connection (cleared when the connection goes)
         self._confirmed: dict[str, threading.Event] = {}
@@ -173,6 +179,8 @@ class Hub:
         user = subscriber.user_id
         with self._lock:
             self._users.setdefault(user, set()).add(subscriber)
+            audience, key = self._audience(subscriber)
+            audience.setdefault(key, set()).add(subscriber)
             self._idle_since.pop(user, None)
             confirmed = self._confirmed.get(user)
             new_channel = confirmed is None
@@ -202,12 +210,22 @@ class Hub:
     def unregister(self, subscriber: Subscriber) -> None:
         subscriber.close()
         with self._lock:
+            audience, key = self._audience(subscriber)
+            if (group := audience.get(key)) is not None:
+                group.discard(subscriber)
+                if not group:
+                    del audience[key]
             subscribers = self._users.get(subscriber.user_id)
             if subscribers is not None:
                 subscribers.discard(subscriber)
                 if not subscribers:
                     del self._users[subscriber.user_id]
                     self._idle_since[subscriber.user_id] = time.monotonic()
+
+    def _audience(self, subscriber: Subscriber) -> tuple[dict[str, set[Subscriber]], str]:
+        if subscriber.execution_id is not None:
+            return self._by_run, subscriber.execution_id
+        return self._watching, subscriber.user_id
 
     def sockets(self) -> int:
         with self._lock:
@@ -339,15 +357,20 @@ class Hub:
     def _dispatch(self, channel: str, data: str, now: float) -> None:
         user_id = channel[len(PREFIX):] if channel.startswith(PREFIX) else None
         with self._lock:
-            subscribers = list(self._users.get(user_id, ()))
-        if not subscribers:
-            return
+            if user_id not in self._users:
+                return
         try:
             payload = json.loads(data)
         except (TypeError, ValueError):
             log.warning("live: ignoring a malformed event on %s", channel)
             return
         if not isinstance(payload, dict):
+            return
+        with self._lock:
+            run = self._by_run.get(payload.get("execution_id"), ())
+            subscribers = [*self._watching.get(user_id, ()),
+                           *(s for s in run if s.user_id == user_id)]
+        if not subscribers:
             return
         event = Event(payload, now)
         for subscriber in subscribers:

@@ -31,12 +31,12 @@ class RunWaiter:
     def __init__(self, hub: Hub, user_id, execution_id, *, wait_s: float = 2.0) -> None:
         self.hub = hub
         self.execution_id = str(execution_id)
-        self.inbox = Subscriber(user_id, wants=self._final)
+        self.inbox = Subscriber(user_id, execution_id=execution_id, wants=self._final)
         self.listening = hub.register(self.inbox, wait_s=wait_s)
 
-    def _final(self, data: dict) -> bool:
-        return (data.get("type") == "run" and data.get("execution_id") == self.execution_id
-                and data.get("status") in FINAL_STATES)
+    @staticmethod
+    def _final(data: dict) -> bool:
+        return data.get("type") == "run" and data.get("status") in FINAL_STATES
 
     def wait(self, timeout_s: float, read: Callable[[], Outcome | None], *,
              before_run: bool, recheck_s: float = 2.0, poll_s: float = 0.2) -> Outcome | None:

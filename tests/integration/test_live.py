@@ -461,6 +461,42 @@ def test_a_waiter_answers_from_a_final_event_that_carries_the_outcome():
         hub.stop()
 
 
+def test_waiters_hear_only_their_own_run_and_a_dashboard_hears_everything():
+    """Inboxes of one run (a webhook's when_finished waiters) are looked up by run: each gets
+    its run's final event only, and a dashboard of the same user still gets every event."""
+    import fakeredis
+
+    from app.live.events import publish_many, run_event
+    from app.live.hub import Hub, Subscriber
+    from app.live.waiting import RunWaiter
+
+    store = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    hub = Hub(store)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        dashboard = Subscriber("u1")
+        assert hub.register(dashboard)
+        with RunWaiter(hub, "u1", first) as one, RunWaiter(hub, "u1", second) as two:
+            publish_many(store, "u1", [
+                run_event(first, "w", "running"), run_event(second, "w", "running"),
+                run_event(second, "w", "succeeded", outcome=({"n": 2}, None)),
+                run_event(first, "w", "failed", outcome=(None, {"message": "no"}))])
+            assert one.wait(5, lambda: None, before_run=True) == (
+                "failed", None, {"message": "no"})
+            assert two.wait(5, lambda: None, before_run=True) == ("succeeded", {"n": 2}, None)
+            assert [len(w.inbox._items) for w in (one, two)] == [0, 0]
+        events = []
+        deadline = time.monotonic() + 5
+        while len(events) < 4 and time.monotonic() < deadline:
+            events += dashboard.wait(1)[0]
+        assert [(e.data["execution_id"], e.data["status"]) for e in events] == [
+            (first, "running"), (second, "running"), (second, "succeeded"), (first, "failed")]
+        # 4 to the dashboard, 2 to each waiter (its own run's; 4 each if offered all the user's)
+        assert hub.delivered == 8
+    finally:
+        hub.stop()
+
+
 def test_an_inbox_registered_before_its_channel_was_confirmed_is_told_to_resync():
     """A socket that stopped waiting for its user's channel sends the database's state at
     once; when the channel is confirmed it is told to resync, so nothing published in
