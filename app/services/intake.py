@@ -27,11 +27,12 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import redis
 from flask import Flask, current_app
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -42,6 +43,7 @@ from app.models import Execution, TriggerEvent, Workflow, utcnow
 from app.services import executions
 
 log = logging.getLogger(__name__)
+WORKFLOWS = Workflow.__table__
 
 MAX_BATCH = 500
 IDLE_EXIT_S = 60.0  # an idle intake thread ends; the next delivery starts another
@@ -77,11 +79,18 @@ class Pending:
             self.run_ids = [uuid.uuid4() for _link in self.links]
 
 
-def _insert_new_events():
-    dialect = sqlite if db.is_sqlite else postgresql
+@cache
+def _insert_new_events(is_sqlite: bool):
+    dialect = sqlite if is_sqlite else postgresql
     return (dialect.insert(TriggerEvent.__table__)
             .on_conflict_do_nothing(index_elements=["webhook_id", "dedupe_key"])
             .returning(TriggerEvent.__table__.c.id))
+
+
+_ACTIVE_VERSIONS = (select(WORKFLOWS.c.id, WORKFLOWS.c.version)
+                    .where(WORKFLOWS.c.id.in_(bindparam("ids", expanding=True)),
+                           WORKFLOWS.c.active.is_(True), WORKFLOWS.c.deleted_at.is_(None)))
+_INSERT_RUNS = insert(Execution.__table__)
 
 
 class Intake:
@@ -140,7 +149,6 @@ class Intake:
         try:
             self._store(batch)
         except DBAPIError as exc:
-            db.session.rollback()
             if len(batch) == 1 or exc.connection_invalidated or _is_outage(exc):
                 for pending in batch:
                     pending.error = exc
@@ -151,7 +159,6 @@ class Intake:
                     try:
                         self._store([pending])
                     except DBAPIError as one:
-                        db.session.rollback()
                         pending.error = one
         stored = [p for p in batch if p.error is None]
         self.batches += 1
@@ -162,21 +169,28 @@ class Intake:
                 pending.done.set()
 
     def _store(self, batch: list[Pending]) -> None:
-        """One transaction: the events that are new, and a queued run per active workflow."""
-        session = db.session
-        wanted = {workflow_id for p in batch for workflow_id, _node in p.links}
-        versions = dict(session.execute(
-            select(Workflow.id, Workflow.version)
-            .where(Workflow.id.in_(wanted), Workflow.active.is_(True),
-                   Workflow.deleted_at.is_(None))).all())
+        """One transaction: the events that are new, and a queued run per active workflow
+        (Core statements built once, on a connection of its own: no ORM session)."""
+        with db.engine.begin() as connection:
+            inserted, live = self._store_on(connection, batch)
+        for p in batch:
+            p.outcome = ("accepted" if p.event_id in inserted
+                         else "replayed" if p in live else "gone")
+
+    def _store_on(self, connection, batch: list[Pending]
+                  ) -> tuple[set[uuid.UUID], list[Pending]]:
+        """The statements of ``_store``: returns the ids of the new events and the deliveries
+        with an active workflow."""
+        wanted = list({workflow_id for p in batch for workflow_id, _node in p.links})
+        versions = dict(connection.execute(_ACTIVE_VERSIONS, {"ids": wanted}).all())
         live = [p for p in batch if any(w in versions for w, _node in p.links)]
         now = utcnow()
         inserted: set[uuid.UUID] = set()
         if live:
-            inserted = set(session.scalars(_insert_new_events(), [
+            inserted = set(connection.execute(_insert_new_events(db.is_sqlite), [
                 {"id": p.event_id, "user_id": p.user_id, "webhook_id": p.webhook_id,
                  "kind": "webhook", "dedupe_key": p.dedupe_key, "payload": p.payload,
-                 "received_at": now} for p in live]))
+                 "received_at": now} for p in live]).scalars())
         lease = now + executions.publish_grace()
         runs: list[dict[str, Any]] = []
         for p in live:
@@ -193,11 +207,8 @@ class Intake:
                         "input": p.payload, "status": "queued", "lease_expires_at": lease,
                         "created_at": now, "updated_at": now})
         if runs:
-            session.execute(insert(Execution.__table__), runs)  # Core: no ORM bulk path
-        session.commit()
-        for p in batch:
-            p.outcome = ("accepted" if p.event_id in inserted
-                         else "replayed" if p in live else "gone")
+            connection.execute(_INSERT_RUNS, runs)
+        return inserted, live
 
     def _tell(self, stored: list[Pending]) -> None:
         """After the commit: live pages and counters (one Redis pipeline), then the queue."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -224,7 +225,8 @@ JOBSPRINT_FAILURES = {
                                  "the X-Jobsprint-Signature signature does not match"),
     "301 s old": (lambda s, b: signing.jobsprint(s, b, _now() - 301),
                   "the X-Jobsprint-Signature timestamp is more than 300 s from now"),
-    "301 s in the future": (lambda s, b: signing.jobsprint(s, b, _now() + 301),
+    # Rounded up: a whole-second stamp taken from the clock's floor is up to 1 s less ahead.
+    "301 s in the future": (lambda s, b: signing.jobsprint(s, b, math.ceil(time.time()) + 301),
                             "the X-Jobsprint-Signature timestamp is more than 300 s from now"),
 }
 
