@@ -99,8 +99,7 @@ def _sort(ids: list[uuid.UUID]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
     for one run's claim, they are finished, held elsewhere or duplicates."""
     with db.engine.connect() as connection:
         rows = connection.execute(_SORT, {"run_ids": ids}).all()
-    order = {execution_id: n for n, execution_id in enumerate(ids)}
-    rows.sort(key=lambda row: order[row.id])  # in delivery order: the first comes first
+    rows = _in_order(rows, ids)
     pure, single = [], []
     for row in rows:
         graph, definition = runs.load_graph(row.workflow_id, row.workflow_version)
@@ -112,6 +111,12 @@ def _sort(ids: list[uuid.UUID]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
     return pure, single
 
 
+def _in_order(rows, ids: list[uuid.UUID]) -> list:
+    """``rows`` (with an ``id``) in the order of ``ids``: the first delivered comes first."""
+    order = {execution_id: n for n, execution_id in enumerate(ids)}
+    return sorted(rows, key=lambda row: order[row.id])
+
+
 def _claim(ids: list[uuid.UUID]) -> list[_Run]:
     if not ids:
         return []
@@ -119,8 +124,7 @@ def _claim(ids: list[uuid.UUID]) -> list[_Run]:
     with db.engine.begin() as connection:
         rows = connection.execute(runs.CLAIM_MANY, {"run_ids": ids, "now": now,
                                                     "lease": now + runs.lease_length()}).all()
-    order = {execution_id: n for n, execution_id in enumerate(ids)}
-    rows.sort(key=lambda row: order[row.id])
+    rows = _in_order(rows, ids)
     store = runs.store()
     slots: dict[uuid.UUID, WorkflowSlot] = {}
     batch = []
@@ -131,9 +135,9 @@ def _claim(ids: list[uuid.UUID]) -> list[_Run]:
         if slot is None:
             # The batch runs one run at a time: one slot per workflow is enough, held in the
             # name of the workflow's first run (its redelivery after a crash takes it back).
-            concurrency = int(((definition or {}).get("settings") or {}).get("concurrency", 1))
             slot = slots[claim.workflow_id] = WorkflowSlot(
-                store, str(claim.workflow_id), max(1, concurrency), holder=str(row.id))
+                store, str(claim.workflow_id), runs.concurrency_of(definition),
+                holder=str(row.id))
         batch.append(_Run(
             id=row.id, claim=claim, graph=graph, began=claim.started_at or now, slot=slot,
             recorder=runs.RunRecorder(row.id, claim.user_id, claim.workflow_id, claim.epoch,

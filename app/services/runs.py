@@ -245,6 +245,11 @@ def load_graph(workflow_id: uuid.UUID, version: int):
     return loaded
 
 
+def concurrency_of(definition: dict | None) -> int:
+    """The workflow's ``settings.concurrency`` (at least 1; 1 when unset)."""
+    return max(1, int(((definition or {}).get("settings") or {}).get("concurrency", 1)))
+
+
 def side_effect_nodes(definition: dict | None) -> set[str]:
     """The ids of the nodes that act outside the run (recorded before they start)."""
     return {node["id"] for node in (definition or {}).get("nodes", [])
@@ -513,8 +518,7 @@ def _run(execution_id: uuid.UUID) -> None:
     first_claim = run.started_at is None
     began = run.started_at or utcnow()
     graph, definition = load_graph(run.workflow_id, run.workflow_version)
-    concurrency = int(((definition or {}).get("settings") or {}).get("concurrency", 1))
-    slot = WorkflowSlot(store(), str(run.workflow_id), max(1, concurrency),
+    slot = WorkflowSlot(store(), str(run.workflow_id), concurrency_of(definition),
                         holder=str(execution_id))
     try:
         acquired = slot.acquire()
