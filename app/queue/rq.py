@@ -23,13 +23,14 @@ engine's business) until it has run ``max_deliveries`` times, then it lands in t
 A worker killed mid-job (SIGKILL, OOM, lost machine) leaves the job in the
 ``StartedJobRegistry`` with a lease. RQ renews that lease only in its forking worker's monitor
 loop, so ``_RunWorker`` renews it from a side thread while the handler runs. Once the lease has
-expired (``abandoned_after_s`` after the last renewal), the next registry clean-up — run by any
-live worker of the queue at start and every ``maintenance_interval_s`` — re-enqueues the job if
-it has retries left (a kill counts as a delivery) or moves it to the failed registry. So RQ does
-redeliver on its own, ``abandoned_after_s + maintenance_interval_s`` after the kill at worst; the
-reaper re-publishing the run from the database covers the case where no worker is alive. (A
-worker killed between popping a job and starting it leaves the job in RQ's intermediate queue,
-which the clean-up hands back after a minute.)
+expired (``abandoned_after_s`` to ``abandoned_after_s + 1`` after the last renewal: RQ counts
+whole seconds), the next registry clean-up — run by any live worker of the queue at start and
+every ``maintenance_interval_s`` — re-enqueues the job if it has retries left (a kill counts as
+a delivery) or moves it to the failed registry. So RQ does redeliver on its own,
+``abandoned_after_s + 1 + maintenance_interval_s`` after the kill at worst; the reaper
+re-publishing the run from the database covers the case where no worker is alive. (A worker
+killed between popping a job and starting it leaves the job in RQ's intermediate queue, which
+the clean-up hands back after a minute.)
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ class _RunWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.log_result_lifespan = False
         self._stop = stop
-        self._lease_s = lease_s
+        self.lease_s = lease_s
         self._lease: _Lease | None = None
 
     @property
@@ -234,8 +235,9 @@ class _RunWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         # The lease of a job in the StartedJobRegistry: renewed while the handler runs, so it
-        # only runs out when this process is gone.
-        return self._lease_s
+        # only runs out when this process is gone. RQ scores it in whole seconds (the floor of
+        # now + ttl), so a ttl of n s can run out n - 1 s after a renewal: ask for one more.
+        return self.lease_s + 1
 
     def perform_job(self, job: Job, queue: Queue) -> bool:
         self._lease = _Lease(self, job)
@@ -269,7 +271,7 @@ class _Lease:
             pass
 
     def _renew(self) -> None:
-        interval = self._worker.get_heartbeat_ttl(self._job) / 3
+        interval = self._worker.lease_s / 3
         while not self._ended.wait(interval):
             with self._renewing:
                 if self._ended.is_set():
