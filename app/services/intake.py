@@ -27,15 +27,15 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 import redis
 from flask import Flask, current_app
 from sqlalchemy import bindparam, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
+from app import columnar
 from app.db import db
 from app.errors import ServiceError
 from app.live import events
@@ -44,6 +44,8 @@ from app.services import executions
 
 log = logging.getLogger(__name__)
 WORKFLOWS = Workflow.__table__
+EVENTS = TriggerEvent.__table__
+RUNS = Execution.__table__
 
 MAX_BATCH = 500
 IDLE_EXIT_S = 60.0  # an idle intake thread ends; the next delivery starts another
@@ -79,18 +81,15 @@ class Pending:
             self.run_ids = [uuid.uuid4() for _link in self.links]
 
 
-@cache
-def _insert_new_events(is_sqlite: bool):
-    dialect = sqlite if is_sqlite else postgresql
-    return (dialect.insert(TriggerEvent.__table__)
-            .on_conflict_do_nothing(index_elements=["webhook_id", "dedupe_key"])
-            .returning(TriggerEvent.__table__.c.id))
+DEDUPE = ("webhook_id", "dedupe_key")  # a repeat of an accepted delivery stores nothing
+_INSERT_NEW_EVENTS = (sqlite.insert(EVENTS).on_conflict_do_nothing(index_elements=DEDUPE)
+                      .returning(EVENTS.c.id))
+_INSERT_RUNS = insert(RUNS)  # on SQLite; app.columnar's statements on PostgreSQL
 
 
 _ACTIVE_VERSIONS = (select(WORKFLOWS.c.id, WORKFLOWS.c.version)
                     .where(WORKFLOWS.c.id.in_(bindparam("ids", expanding=True)),
                            WORKFLOWS.c.active.is_(True), WORKFLOWS.c.deleted_at.is_(None)))
-_INSERT_RUNS = insert(Execution.__table__)
 
 
 class Intake:
@@ -187,10 +186,15 @@ class Intake:
         now = utcnow()
         inserted: set[uuid.UUID] = set()
         if live:
-            inserted = set(connection.execute(_insert_new_events(db.is_sqlite), [
-                {"id": p.event_id, "user_id": p.user_id, "webhook_id": p.webhook_id,
-                 "kind": "webhook", "dedupe_key": p.dedupe_key, "payload": p.payload,
-                 "received_at": now} for p in live]).scalars())
+            new_events = [{"id": p.event_id, "user_id": p.user_id, "webhook_id": p.webhook_id,
+                           "kind": "webhook", "dedupe_key": p.dedupe_key,
+                           "payload": p.payload, "received_at": now} for p in live]
+            if db.is_sqlite:
+                result = connection.execute(_INSERT_NEW_EVENTS, new_events)
+            else:
+                result = columnar.insert(connection, EVENTS, new_events, returning="id",
+                                         on_conflict_do_nothing=DEDUPE)
+            inserted = set(result.scalars())
         lease = now + executions.publish_grace()
         runs: list[dict[str, Any]] = []
         for p in live:
@@ -207,7 +211,10 @@ class Intake:
                         "input": p.payload, "status": "queued", "lease_expires_at": lease,
                         "created_at": now, "updated_at": now})
         if runs:
-            connection.execute(_INSERT_RUNS, runs)
+            if db.is_sqlite:
+                connection.execute(_INSERT_RUNS, runs)
+            else:
+                columnar.insert(connection, RUNS, runs)
         return inserted, live
 
     def _tell(self, stored: list[Pending]) -> None:

@@ -7,7 +7,8 @@ side effects: nothing leaves the run, so running it needs nothing but its input)
 all its runs together: one SELECT to sort them, one claim statement (the same fenced claim,
 over every id), one round trip for their workflows' slots (one slot per workflow: the batch
 runs one run at a time), one for their "running" events, one transaction for their final
-states (an executemany of the same fenced update) and node rows (one multi-row INSERT), one
+states (one statement fenced by each run's epoch: ``app.columnar`` on PostgreSQL, an
+executemany of the same fenced update on SQLite) and node rows (one INSERT), one
 round trip for their events and the slots' release. The runs themselves go one after another
 on the calling thread, each with its own recorder.
 
@@ -34,7 +35,7 @@ from typing import Any
 import redis
 from sqlalchemy import bindparam, select
 
-from app import engine, logs
+from app import columnar, engine, logs
 from app.db import db
 from app.live import events
 from app.models import utcnow
@@ -198,26 +199,50 @@ def _finish(batch: list[_Run]) -> list[_Run]:
     if not batch:
         return []
     now = utcnow()
-    rows = [{"run_id": run.id, "run_epoch": run.recorder.epoch, "updated_at": now, **run.final}
-            for run in batch]
-    shapes = {frozenset(row) for row in rows}
     with db.engine.begin() as connection:
-        touched = sum(connection.execute(
-            runs.fenced_update(shape - {"run_id", "run_epoch"}),
-            [row for row in rows if frozenset(row) == shape]).rowcount for shape in shapes)
-        if touched < len(batch):
-            current = dict(connection.execute(_EPOCHS, {"run_ids": [r.id for r in batch]}).all())
+        written = _write_finals(connection, batch, now)
+        kept = [run for run in batch if run.id in written]
+        if len(kept) < len(batch):
             for run in batch:
-                if current.get(run.id) != run.recorder.epoch:
+                if run.id not in written:
                     run.recorder.fenced.set()
-            kept = [run for run in batch if not run.recorder.fenced.is_set()]
             log.info("%d runs of the batch were handed to another worker; this one writes "
                      "nothing of them", len(batch) - len(kept))
-            batch = kept
-        inserts = [row for run in batch for row in run.recorder.write_known_nodes(connection)]
+        inserts = [row for run in kept for row in run.recorder.write_known_nodes(connection)]
         if inserts:
-            connection.execute(runs.INSERT_NODES, inserts)
-    return batch
+            if db.is_sqlite:
+                connection.execute(runs.INSERT_NODES, inserts)
+            else:
+                columnar.insert(connection, runs.NODES, inserts)
+    return kept
+
+
+def _write_finals(connection, batch: list[_Run], now: datetime) -> set[uuid.UUID]:
+    """Each run's final state, written only while its epoch is still the batch's (one
+    statement per shape of final state); the ids written."""
+    written: set[uuid.UUID] = set()
+    shapes: dict[frozenset, list[_Run]] = {}
+    for run in batch:
+        shapes.setdefault(frozenset(run.final), []).append(run)
+    for shape, group in shapes.items():
+        if db.is_sqlite:
+            touched = connection.execute(
+                runs.fenced_update(shape | {"updated_at"}),
+                [{"run_id": run.id, "run_epoch": run.recorder.epoch, "updated_at": now,
+                  **run.final} for run in group]).rowcount
+            if touched == len(group):
+                written.update(run.id for run in group)
+            else:
+                current = dict(connection.execute(
+                    _EPOCHS, {"run_ids": [run.id for run in group]}).all())
+                written.update(run.id for run in group
+                               if current.get(run.id) == run.recorder.epoch)
+        else:
+            written.update(columnar.update(
+                connection, RUNS,
+                [{"id": run.id, "epoch": run.recorder.epoch, "updated_at": now, **run.final}
+                 for run in group], match=("id", "epoch"), returning="id").scalars())
+    return written
 
 
 def _settle(batch: list[_Run], finished: list[_Run]) -> None:
