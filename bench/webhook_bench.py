@@ -1,7 +1,8 @@
 """W1 and W2 (DESIGN.md) through signed webhooks, on the production stack, beside its parts.
 
     .venv/bin/python bench/webhook_bench.py [--concurrency 1,10,50] [--seconds 10]
-        [--w2-seconds 10] [--workers 2] [--web-threads 64] [--web-processes 1]
+        [--w2-seconds 10] [--workers 2] [--worker-threads 4] [--web-threads 64]
+        [--web-processes 1]
         [--profile DIR]
 
 The stack is w2_bench's (imported, not copied): one gunicorn gthread web process
@@ -237,6 +238,8 @@ def run(args, parts: dict[str, float]) -> None:
     w2.flush_redis()
     w2.delete_rabbitmq_queues()
     stack = w2.Stack(BACKEND, args.workers, args.web_threads, args.web_processes)
+    if args.worker_threads:
+        stack.env["JOBSPRINT_WORKER_THREADS"] = str(args.worker_threads)
     w2._STACKS.append(stack)
     results = None
     try:
@@ -355,6 +358,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="W1 seconds per level")
     parser.add_argument("--w2-seconds", type=float, default=10.0, help="W2 seconds per level")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--worker-threads", type=int, default=None,
+                        help="threads per queue worker (default: the setting's, 4)")
     parser.add_argument("--web-threads", type=int, default=64)
     parser.add_argument("--web-processes", type=int, default=1,
                         help="gunicorn worker processes of the web (each its own intake)")

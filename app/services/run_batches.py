@@ -4,13 +4,13 @@ gathered while it was busy, and their bookkeeping is shared.
 A run one at a time (app.services.runs) costs two transactions, four Redis round trips and an
 ack; most of a short run's time. A batch of first deliveries of pure workflows (no node with
 side effects: nothing leaves the run, so running it needs nothing but its input) costs, for
-all its runs together: one SELECT to sort them, one claim statement (the same fenced claim,
-over every id), one round trip for their workflows' slots (one slot per workflow: the batch
-runs one run at a time), one for their "running" events, one transaction for their final
-states (one statement fenced by each run's epoch: ``app.columnar`` on PostgreSQL, an
-executemany of the same fenced update on SQLite) and node rows (one INSERT), one
-round trip for their events and the slots' release. The runs themselves go one after another
-on the calling thread, each with its own recorder.
+all its runs together: one transaction to sort and claim them (a SELECT, then the same fenced
+claim over every pure id), one round trip for their workflows' slots (one slot per workflow:
+the batch runs one run at a time), one for their "running" events, one transaction for their
+final states (one statement fenced by each run's epoch: ``app.columnar`` on PostgreSQL, an
+executemany of the same fenced update on SQLite) and node rows (one INSERT), one round trip
+for their events and the slots' release. The runs themselves go one after another on the
+calling thread, each with its own recorder.
 
 Everything else in the batch — a redelivery (it may have node rows to resume from), a retry,
 a run whose cancellation was asked, a workflow with side effects, a version that no longer
@@ -76,8 +76,7 @@ def run_batch(execution_ids: list[str]) -> list[str]:
 
 
 def _run_batch(ids: list[uuid.UUID]) -> list[str]:
-    pure, single = _sort(ids)
-    batch = _claim(pure)
+    batch, single = _sort_and_claim(ids)
     batch = _take_slots(batch)
     keeper = runs.lease_keeper()
     for run in batch:
@@ -95,14 +94,24 @@ def _run_batch(ids: list[uuid.UUID]) -> list[str]:
     return [str(execution_id) for execution_id in single]
 
 
-def _sort(ids: list[uuid.UUID]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
-    """(pure first deliveries, the rest still queued). Ids no longer queued are dropped: as
-    for one run's claim, they are finished, held elsewhere or duplicates."""
-    with db.engine.connect() as connection:
-        rows = connection.execute(_SORT, {"run_ids": ids}).all()
-    rows = _in_order(rows, ids)
+def _sort_and_claim(ids: list[uuid.UUID]) -> tuple[list[_Run], list[uuid.UUID]]:
+    """One transaction: claim the pure first deliveries among ``ids``; returns them, and the
+    ids still queued that must run one at a time. Ids no longer queued are dropped: as for
+    one run's claim, they are finished, held elsewhere or duplicates."""
+    now = utcnow()
+    with db.engine.begin() as connection:
+        pure, single = _sort(connection.execute(_SORT, {"run_ids": ids}).all(), ids)
+        if not pure:
+            return [], single
+        rows = connection.execute(runs.CLAIM_MANY, {
+            "run_ids": pure, "now": now, "lease": now + runs.lease_length()}).all()
+    return _claimed(_in_order(rows, ids), now), single
+
+
+def _sort(rows, ids: list[uuid.UUID]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """(pure first deliveries, the rest), in the order of ``ids``."""
     pure, single = [], []
-    for row in rows:
+    for row in _in_order(rows, ids):
         graph, definition = runs.load_graph(row.workflow_id, row.workflow_version)
         if (graph is None or row.deliveries or row.retry_of_id is not None
                 or row.cancel_requested or runs.side_effect_nodes(definition)):
@@ -118,14 +127,8 @@ def _in_order(rows, ids: list[uuid.UUID]) -> list:
     return sorted(rows, key=lambda row: order[row.id])
 
 
-def _claim(ids: list[uuid.UUID]) -> list[_Run]:
-    if not ids:
-        return []
-    now = utcnow()
-    with db.engine.begin() as connection:
-        rows = connection.execute(runs.CLAIM_MANY, {"run_ids": ids, "now": now,
-                                                    "lease": now + runs.lease_length()}).all()
-    rows = _in_order(rows, ids)
+def _claimed(rows, now: datetime) -> list[_Run]:
+    """The batch's runs, from the rows its claim returned."""
     store = runs.store()
     slots: dict[uuid.UUID, WorkflowSlot] = {}
     batch = []
