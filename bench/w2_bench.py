@@ -321,8 +321,11 @@ class CpuMeter:
             groups["rabbitmq"] = pids_named("beam.smp")
         sample = {group: {pid: cpu for pid in pids if (cpu := cpu_seconds(pid)) is not None}
                   for group, pids in groups.items()}
+        # The client is this process and its reaped children (wrk, run and waited for within
+        # a level); the stack's processes are reaped only when the stack stops.
         times = os.times()
-        sample["client"] = {os.getpid(): times.user + times.system}
+        sample["client"] = {os.getpid(): times.user + times.system
+                            + times.children_user + times.children_system}
         return sample
 
     def start(self) -> None:
