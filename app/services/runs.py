@@ -85,7 +85,7 @@ class Claim:
 # The hot statements are built once: building and cache-keying a statement per call cost
 # more CPU than running it; they run on a plain connection (no ORM session or transaction
 # snapshot) in a transaction of their own.
-_CLAIMED = {
+CLAIMED = {
     "status": "running", "epoch": RUNS.c.epoch + 1, "deliveries": RUNS.c.deliveries + 1,
     "lease_expires_at": bindparam("lease", type_=RUNS.c.lease_expires_at.type),
     "started_at": func.coalesce(RUNS.c.started_at, bindparam("now", type_=RUNS.c.started_at.type)),
@@ -101,15 +101,7 @@ _CLAIM = (update(RUNS)
                  .where(RUNS.c.id == bindparam("run_id"), RUNS.c.status == "queued")
                  .with_for_update(skip_locked=True).scalar_subquery(),
                  RUNS.c.status == "queued")
-          .values(_CLAIMED).returning(*CLAIM_RETURNS))
-# The same for several runs at once (app.services.run_batches), saying which it took.
-CLAIM_MANY = (update(RUNS)
-              .where(RUNS.c.id.in_(select(RUNS.c.id)
-                                   .where(RUNS.c.id.in_(bindparam("run_ids", expanding=True)),
-                                          RUNS.c.status == "queued")
-                                   .with_for_update(skip_locked=True)),
-                     RUNS.c.status == "queued")
-              .values(_CLAIMED).returning(RUNS.c.id, *CLAIM_RETURNS))
+          .values(CLAIMED).returning(*CLAIM_RETURNS))
 INSERT_NODES = insert(NODES)
 
 
