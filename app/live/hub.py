@@ -364,8 +364,12 @@ class Hub:
         except (TypeError, ValueError):
             log.warning("live: ignoring a malformed event on %s", channel)
             return
-        if not isinstance(payload, dict):
-            return
+        # One event, or several of this user's in order (app.live.events).
+        for item in payload if isinstance(payload, list) else [payload]:
+            if isinstance(item, dict):
+                self._offer(user_id, item, now)
+
+    def _offer(self, user_id: str, payload: dict, now: float) -> None:
         with self._lock:
             run = self._by_run.get(payload.get("execution_id"), ())
             subscribers = [*self._watching.get(user_id, ()),

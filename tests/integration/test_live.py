@@ -7,6 +7,7 @@ socket starts with the current state; and a Redis restart under a live socket is
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -494,6 +495,48 @@ def test_waiters_hear_only_their_own_run_and_a_dashboard_hears_everything():
         # 4 to the dashboard, 2 to each waiter (its own run's; 4 each if offered all the user's)
         assert hub.delivered == 8
     finally:
+        hub.stop()
+
+
+def test_a_batch_sends_each_user_one_message_with_its_events_in_order():
+    """A worker's batch publishes four events per run: each user gets them as one message (a
+    JSON array, in order), which the hub unpacks; a lone event stays a JSON object."""
+    import fakeredis
+
+    from app.live.events import publish_each, publish_many, run_event
+    from app.live.hub import Hub, Subscriber
+
+    store = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    listener = store.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe("events:u1", "events:u2")
+    hub = Hub(store)
+    runs = [str(uuid.uuid4()) for _ in range(3)]
+    try:
+        dashboard = Subscriber("u1")
+        assert hub.register(dashboard)
+        publish_each(store, [(user, run_event(run, "w", status)) for status in (
+            "running", "succeeded") for user, run in (("u1", runs[0]), ("u2", runs[1]),
+                                                      ("u1", runs[2]))])
+        publish_many(store, "u1", [run_event(runs[0], "w", "cancelled")])
+        messages = []
+        deadline = time.monotonic() + 5
+        while len(messages) < 3 and time.monotonic() < deadline:
+            if message := listener.get_message(timeout=0.5):
+                messages.append((message["channel"], json.loads(message["data"])))
+        assert [(channel, [(e["execution_id"], e["status"]) for e in data]
+                 if isinstance(data, list) else data["status"]) for channel, data in messages] == [
+            ("events:u1", [(runs[0], "running"), (runs[2], "running"),
+                           (runs[0], "succeeded"), (runs[2], "succeeded")]),
+            ("events:u2", [(runs[1], "running"), (runs[1], "succeeded")]),
+            ("events:u1", "cancelled")]
+        events = []
+        while len(events) < 5 and time.monotonic() < deadline:
+            events += dashboard.wait(1)[0]
+        assert [(e.data["execution_id"], e.data["status"]) for e in events] == [
+            (runs[0], "running"), (runs[2], "running"), (runs[0], "succeeded"),
+            (runs[2], "succeeded"), (runs[0], "cancelled")]
+    finally:
+        listener.close()
         hub.stop()
 
 
