@@ -29,8 +29,10 @@ class RunQueue(ABC):
     name: str
 
     @abstractmethod
-    def publish(self, execution_ids: Sequence[str]) -> None:
-        """Hand these runs to the queue; returns once the broker holds them durably."""
+    def publish(self, execution_ids: Sequence[str], *, together: bool = False) -> None:
+        """Hand these runs to the queue; returns once the broker holds them durably.
+        ``together``: the backend may carry them in one message (RabbitMQ does), each run
+        still handled, retried and dead-lettered on its own."""
 
     @abstractmethod
     def consume(self, handler: Handler, *, stop: threading.Event, concurrency: int = 1,

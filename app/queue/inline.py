@@ -37,7 +37,7 @@ class InlineQueue(RunQueue):
         self._waiting: deque[tuple[str, int]] = deque()
         self._ready = threading.Condition()
 
-    def publish(self, execution_ids: Sequence[str]) -> None:
+    def publish(self, execution_ids: Sequence[str], *, together: bool = False) -> None:
         with self._ready:
             self._waiting.extend((execution_id, 0) for execution_id in execution_ids)
             self._ready.notify(len(execution_ids))

@@ -37,6 +37,16 @@ Batches: given a ``batch_handler``, the prefetch defaults to ``BATCH_PREFETCH`` 
 pool thread coming free takes every delivery waiting (up to ``MAX_BATCH``) to the batch handler
 at once; the ids it hands back run through ``handler`` one at a time, on the pool. A batch that
 raises is nacked whole (each delivered again, within the delivery limit).
+
+Runs published ``together`` travel up to ``MAX_BATCH`` to a message (one id a line): the broker
+stores, delivers and acks one message for them, not one each (RabbitMQ's CPU per run was the
+largest share of the queue's cost). The consumer splits a message into its runs and settles it
+once all are handled: acked if all were, nacked (redelivered whole, within the limit) if none
+was. If only some failed, those are published again, each in a message of its own that carries
+its deliveries so far (header ``x-jobsprint-deliveries``), and the message is acked; so every
+run keeps its own delivery count, and a run failing on its last delivery is dead-lettered alone
+(nacked without requeue). Runs of a message that succeeded and come again (a redelivery after a
+worker died) find nothing to claim.
 """
 
 from __future__ import annotations
@@ -64,16 +74,21 @@ from app.queue.base import BatchHandler, Handler, RunQueue
 logger = logging.getLogger(__name__)
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+# Deliveries a run had before it was published again on its own (its message's other runs
+# succeeded): added to the broker's own count of this message's deliveries.
+EARLIER_DELIVERIES = "x-jobsprint-deliveries"
 # How often the consumer's thread services its connection when nothing arrives; it bounds how
 # late ``stop`` is noticed.
 _PUMP_S = 0.25
 _MAX_BACKOFF_S = 30.0
 # Failures of the connection, the channel or the socket under them.
 _LINK_ERRORS = (pika.exceptions.AMQPError, OSError)
-# With a batch handler: at most this many deliveries to one handler call, and a default
-# prefetch of this many per thread, so that a thread coming free finds a batch waiting.
+# With a batch handler: at most this many runs to one handler call (and to one message of
+# runs published together), and a default prefetch of this many messages per thread, so that
+# a thread coming free finds a batch waiting. A message may carry up to MAX_BATCH runs, so a
+# worker holds at most concurrency × BATCH_PREFETCH × MAX_BATCH runs that others cannot take.
 MAX_BATCH = 32
-BATCH_PREFETCH = 8
+BATCH_PREFETCH = 2
 
 
 class PublishError(Exception):
@@ -113,16 +128,33 @@ class RabbitQueue(RunQueue):
             }}),
         ]
 
-    def publish(self, execution_ids: Sequence[str]) -> None:
-        bodies = [execution_id.encode() for execution_id in execution_ids]
+    def publish(self, execution_ids: Sequence[str], *, together: bool = False) -> None:
+        if together:
+            bodies = ["\n".join(execution_ids[start:start + MAX_BATCH]).encode()
+                      for start in range(0, len(execution_ids), MAX_BATCH)]
+        else:
+            bodies = [execution_id.encode() for execution_id in execution_ids]
+        self._publish(bodies, PERSISTENT)
+
+    def _publish(self, bodies: list[bytes], properties: pika.BasicProperties) -> None:
         if not bodies:
             return
         try:
-            self._publisher.publish(self.queue_name, bodies)
+            self._publisher.publish(self.queue_name, bodies, properties)
         except PublishError as exc:
-            logger.warning("publish of %d runs failed (%s); publishing them again on a new "
+            logger.warning("publish of %d messages failed (%s); publishing them again on a new "
                            "connection", len(bodies), exc)
-            self._publisher.publish(self.queue_name, bodies)
+            self._publisher.publish(self.queue_name, bodies, properties)
+
+    def publish_again(self, execution_id: str, deliveries: int) -> None:
+        """One run of a message whose other runs succeeded: in a message of its own, carrying
+        the deliveries it had; to the dead letters if that was its last."""
+        if deliveries >= self.max_deliveries:
+            self._publisher.publish(self.dead_queue_name, [execution_id.encode()], PERSISTENT)
+            return
+        self._publish([execution_id.encode()], pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent,
+            headers={EARLIER_DELIVERIES: deliveries}))
 
     def consume(self, handler: Handler, *, stop: threading.Event, concurrency: int = 1,
                 batch_handler: BatchHandler | None = None) -> None:
@@ -164,11 +196,25 @@ class RabbitQueue(RunQueue):
         self._publisher.close()
 
 
+@dataclass(slots=True, eq=False)
+class _Message:
+    """One broker message: the runs it carries, settled together once each is handled."""
+
+    tag: int
+    total: int  # runs it carries
+    waiting: int  # runs not yet handled
+    delivery: int  # 1 for the first (earlier deliveries of a run published again included)
+    failed: list[str]
+
+
 @dataclass(slots=True)
 class _Delivery:
     execution_id: str
-    delivery: int  # 1 for the first
-    tag: int
+    message: _Message
+
+    @property
+    def delivery(self) -> int:
+        return self.message.delivery
 
 
 class _Session:
@@ -223,11 +269,21 @@ class _Session:
 
     def _on_delivery(self, channel: BlockingChannel, method: Basic.Deliver,
                      properties: pika.BasicProperties, body: bytes) -> None:
+        headers = properties.headers or {}
+        # The quorum queue counts earlier deliveries of this message in x-delivery-count.
+        delivery = headers.get("x-delivery-count", 0) + 1 + headers.get(EARLIER_DELIVERIES, 0)
+        execution_ids = body.decode().split()
+        if not execution_ids:
+            channel.basic_ack(method.delivery_tag)
+            return
         self.in_flight += 1
-        # The quorum queue counts earlier deliveries in this header.
-        delivery = (properties.headers or {}).get("x-delivery-count", 0) + 1
-        self.arrived.append(_Delivery(body.decode(), delivery, method.delivery_tag))
-        self.pool.submit(self._take)
+        message = _Message(method.delivery_tag, len(execution_ids), len(execution_ids),
+                           delivery, [])
+        self.arrived.extend(_Delivery(execution_id, message) for execution_id in execution_ids)
+        # Enough turns on the pool for every run of the message (a turn takes up to limit).
+        limit = MAX_BATCH if self.batch_handler is not None else 1
+        for _ in range(-(-len(execution_ids) // limit)):
+            self.pool.submit(self._take)
 
     def _take(self) -> None:
         """On a pool thread: run what waits (nothing, if other threads took it first)."""
@@ -249,9 +305,9 @@ class _Session:
         except Exception:  # noqa: BLE001 - the broker delivers them again
             logger.warning("a batch of %d runs failed; each is delivered again (up to %d "
                            "deliveries)", len(taken), self.queue.max_deliveries, exc_info=True)
-            self._settle([(item.tag, False) for item in taken])
+            self._settle([(item, False) for item in taken])
             return
-        self._settle([(item.tag, True) for item in taken if item.execution_id not in single])
+        self._settle([(item, True) for item in taken if item.execution_id not in single])
         for item in taken:
             if item.execution_id in single:
                 self.pool.submit(self._run, item)
@@ -271,10 +327,11 @@ class _Session:
                 logger.warning("run %s: handler failed on delivery %d of %d; requeued",
                                item.execution_id, item.delivery, self.queue.max_deliveries,
                                exc_info=True)
-        self._settle([(item.tag, handled)])
+        self._settle([(item, handled)])
 
-    def _settle(self, outcomes: list[tuple[int, bool]]) -> None:
-        """Hand (delivery tag, handled) pairs to the connection's thread to ack or nack."""
+    def _settle(self, outcomes: list[tuple[_Delivery, bool]]) -> None:
+        """Hand (run, handled) pairs to the connection's thread, which settles each message
+        once all its runs are handled."""
         if not outcomes:
             return
         try:
@@ -283,22 +340,65 @@ class _Session:
             logger.info("%d runs: their connection closed before the ack; the broker will "
                         "deliver them again", len(outcomes))
 
-    def _send_settled(self, outcomes: list[tuple[int, bool]]) -> None:
-        """On the connection's thread."""
-        self.in_flight -= len(outcomes)
+    def _send_settled(self, outcomes: list[tuple[_Delivery, bool]]) -> None:
+        """On the connection's thread: the only one that touches a ``_Message``."""
+        complete: list[_Message] = []
+        for item, handled in outcomes:
+            message = item.message
+            message.waiting -= 1
+            if not handled:
+                message.failed.append(item.execution_id)
+            if message.waiting == 0:
+                complete.append(message)
+        for message in complete:
+            if message.failed and len(message.failed) < message.total:
+                self.pool.submit(self._split, message)  # settled once that is done
+            elif message.failed:
+                # None was handled: the message comes again, or is dead-lettered on its last
+                # delivery (the broker's limit counts this message's deliveries only, so the
+                # requeue decides).
+                self._send_settlement(
+                    message, acked=False, requeue=message.delivery < self.queue.max_deliveries)
+            else:
+                self._send_settlement(message, acked=True)
+
+    def _send_settlement(self, message: _Message, *, acked: bool, requeue: bool = True) -> None:
+        """On the connection's thread: ack or nack one message."""
+        self.in_flight -= 1
         if not self.channel.is_open:
             return  # the broker requeues what this channel held
-        for tag, handled in outcomes:
-            if handled:
-                self.channel.basic_ack(tag)
-            else:
-                self.channel.basic_nack(tag, requeue=True)
+        if acked:
+            self.channel.basic_ack(message.tag)
+        else:
+            self.channel.basic_nack(message.tag, requeue=requeue)
+
+    def _split(self, message: _Message) -> None:
+        """On a pool thread: some runs of the message failed, others succeeded. The failed
+        ones go back to the queue on their own (to the dead letters, on their last
+        delivery), then the message is acked; if that publish fails, the whole message is
+        nacked and comes again (its succeeded runs find nothing to claim)."""
+        try:
+            for execution_id in message.failed:
+                self.queue.publish_again(execution_id, message.delivery)
+            acked = True
+        except (PublishError, *_LINK_ERRORS):
+            logger.warning("%d failed runs of a message could not be published on their own; "
+                           "the message comes again", len(message.failed), exc_info=True)
+            acked = False
+        try:
+            self.connection.add_callback_threadsafe(
+                partial(self._send_settlement, message, acked=acked))
+        except pika.exceptions.ConnectionWrongStateError:
+            logger.info("a message's connection closed before its ack; the broker will "
+                        "deliver it again")
 
 
 class _Batch:
-    def __init__(self, routing_key: str, bodies: Sequence[bytes]) -> None:
+    def __init__(self, routing_key: str, bodies: Sequence[bytes],
+                 properties: pika.BasicProperties) -> None:
         self.routing_key = routing_key
         self.bodies = bodies
+        self.properties = properties
         self.unconfirmed: set[int] = set()
         self.first_tag = 0
         self.error: BaseException | None = None
@@ -321,9 +421,10 @@ class _Publisher:
         self._link: _Link | None = None
         self._pid = 0
 
-    def publish(self, routing_key: str, bodies: Sequence[bytes]) -> None:
+    def publish(self, routing_key: str, bodies: Sequence[bytes],
+                properties: pika.BasicProperties = PERSISTENT) -> None:
         link = self._open_link()
-        batch = _Batch(routing_key, bodies)
+        batch = _Batch(routing_key, bodies, properties)
         link.send(batch)
         if not batch.done.wait(self._timeout_s):
             batch.fail(TimeoutError(f"no confirm within {self._timeout_s:g} s"))
@@ -450,7 +551,8 @@ class _Link:
             batch.fail(self.error or ConnectionError("channel closed"))
             return
         for body in batch.bodies:
-            self._channel.basic_publish("", batch.routing_key, body, PERSISTENT, mandatory=True)
+            self._channel.basic_publish("", batch.routing_key, body, batch.properties,
+                                        mandatory=True)
         batch.first_tag = self._last_tag + 1
         self._last_tag += len(batch.bodies)
         batch.unconfirmed = set(range(batch.first_tag, self._last_tag + 1))

@@ -108,7 +108,7 @@ class RQQueue(RunQueue):
         self._redis = _connect(url)
         self.queue = Queue(queue_name, connection=self._redis, serializer=JSONSerializer)
 
-    def publish(self, execution_ids: Sequence[str]) -> None:
+    def publish(self, execution_ids: Sequence[str], *, together: bool = False) -> None:
         if not execution_ids:
             return
         retry = Retry(max=self.max_deliveries - 1) if self.max_deliveries > 1 else None

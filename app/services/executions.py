@@ -45,9 +45,10 @@ def _queue():
 
 
 def publish(execution_ids: list[uuid.UUID]) -> None:
-    """Hand committed runs to the queue; a failure is logged, the reaper retries."""
+    """Hand committed runs to the queue (together: a broker may carry several in one
+    message); a failure is logged, the reaper retries."""
     try:
-        _queue().publish([str(i) for i in execution_ids])
+        _queue().publish([str(i) for i in execution_ids], together=True)
     except Exception as exc:  # noqa: BLE001 - any broker failure: the reaper re-publishes
         log.warning("publish of %d runs failed, the reaper will retry: %s",
                     len(execution_ids), exc)

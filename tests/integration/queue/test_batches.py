@@ -65,6 +65,23 @@ def test_deliveries_waiting_for_a_thread_reach_the_batch_handler_together(rabbit
     assert not again.counts
 
 
+def test_runs_published_together_travel_in_few_messages_and_are_each_handled_once(
+        rabbit_queues):
+    queue = rabbit_queues.open()
+    ids = new_ids(100)
+    queue.publish(ids, together=True)
+    assert queue.depth() == -(-len(ids) // MAX_BATCH)  # messages, each up to MAX_BATCH runs
+    single = Recorder()
+    batch = BatchRecorder(leave=lambda got: got[:1])  # one of each batch goes one at a time
+    with consuming(queue, single, concurrency=2, batch_handler=batch):
+        wait_until(lambda: set(batch.seen()) | single.handled() == set(ids), timeout=20,
+                   what="every id to be handled")
+        wait_until(lambda: _settled(queue), what="the queue to empty")
+    assert sorted(batch.seen()) == sorted(ids), "an id was lost or handed over twice"
+    assert all(count == 1 for count in single.counts.values())
+    assert max(len(b) for b in batch.batches) > 1
+
+
 def test_the_ids_a_batch_handler_leaves_are_handled_one_at_a_time(rabbit_queues):
     queue = rabbit_queues.open()
     ids = new_ids(120)

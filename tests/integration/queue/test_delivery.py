@@ -52,10 +52,30 @@ def test_a_handler_failing_once_gets_the_id_again(queues):
     assert queues.dead_letters(queue) == []
 
 
-def test_a_handler_always_failing_dead_letters_the_id_after_max_deliveries(queues, caplog):
+def test_runs_published_together_are_each_delivered_again_on_their_own(queues):
+    """One message may carry them (RabbitMQ): the run that failed comes again, alone; the
+    others are not handled twice."""
+    queue = queues.open(max_deliveries=3)
+    [flaky, *healthy] = new_ids(4)
+    queue.publish([flaky, *healthy], together=True)
+
+    handler = Recorder(fail=lambda execution_id, delivery: execution_id == flaky
+                       and delivery == 1)
+    with consuming(queue, handler):
+        wait_until(lambda: handler.counts[flaky] == 2, what="the second delivery")
+        wait_until(lambda: queue.depth() == 0, what="an empty queue")
+        time.sleep(0.3)  # room for a wrong delivery
+
+    assert handler.counts == {flaky: 2, **{execution_id: 1 for execution_id in healthy}}
+    assert queues.dead_letters(queue) == []
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_a_handler_always_failing_dead_letters_the_id_after_max_deliveries(queues, caplog,
+                                                                            together):
     queue = queues.open(max_deliveries=3)
     [poison, healthy] = new_ids(2)
-    queue.publish([poison, healthy])
+    queue.publish([poison, healthy], together=together)
 
     handler = Recorder(fail=lambda execution_id, _delivery: execution_id == poison)
     with consuming(queue, handler):
