@@ -22,11 +22,6 @@ def channel(user_id: Any) -> str:
     return f"events:{user_id}"
 
 
-def queue_many(pipe, user_id: Any, events: list[dict]) -> None:
-    """Add the publishes of ``events`` to a pipeline the caller executes."""
-    queue_each(pipe, [(user_id, event) for event in events])
-
-
 def queue_each(pipe, published: list[tuple[Any, dict]]) -> None:
     """Add the publishes of (user id, event) pairs to a pipeline the caller executes: one
     message per user, its events in the order given."""

@@ -223,10 +223,9 @@ class Intake:
         store = current_app.extensions["jobsprint.store"]
         try:
             pipe = store.pipeline(transaction=False)
-            for p in accepted:
-                events.queue_many(pipe, p.user_id, [
-                    events.run_event(run_id, workflow_id, "queued")
-                    for run_id, workflow_id in p.runs])
+            events.queue_each(pipe, [  # one message per user for the whole batch
+                (p.user_id, events.run_event(run_id, workflow_id, "queued"))
+                for p in accepted for run_id, workflow_id in p.runs])
             for p in stored:
                 if p.outcome in ("accepted", "replayed"):
                     count_into(pipe, p.webhook_id, p.outcome)

@@ -144,7 +144,7 @@ class HeldQueue:
         self.queue = app.extensions["jobsprint.queue"]
         self.real = self.queue.publish
         self.held: list[str] = []
-        self.queue.publish = self.held.extend
+        self.queue.publish = lambda execution_ids, **_options: self.held.extend(execution_ids)
 
     def release(self) -> None:
         self.queue.publish = self.real
