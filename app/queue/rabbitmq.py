@@ -85,10 +85,11 @@ _MAX_BACKOFF_S = 30.0
 _LINK_ERRORS = (pika.exceptions.AMQPError, OSError)
 # With a batch handler: at most this many runs to one handler call (and to one message of
 # runs published together), and a default prefetch of this many messages per thread, so that
-# a thread coming free finds a batch waiting. A message may carry up to MAX_BATCH runs, so a
-# worker holds at most concurrency × BATCH_PREFETCH × MAX_BATCH runs that others cannot take.
+# a thread coming free finds a batch waiting (runs published one by one — API calls, schedules —
+# come one to a message). A message may carry up to MAX_BATCH runs, so a worker may hold up to
+# concurrency × BATCH_PREFETCH × MAX_BATCH runs that others cannot take.
 MAX_BATCH = 32
-BATCH_PREFETCH = 2
+BATCH_PREFETCH = 8
 
 
 class PublishError(Exception):
@@ -221,10 +222,11 @@ class _Session:
     """One consumer connection: deliveries arrive here, handlers run on the pool, and their
     acks come back to this thread, the only one allowed to touch the connection.
 
-    Deliveries wait in ``arrived``; each one also queues a ``_take`` on the pool, and a pool
-    thread taking its turn takes whatever waits then (up to ``MAX_BATCH`` with a batch
-    handler, else one). So a thread hands a batch handler every delivery that arrived while
-    all threads were busy, and a lone delivery runs at once."""
+    The runs of each message wait in ``arrived``; each message also queues enough ``_take``
+    turns on the pool for its runs, and a pool thread taking its turn takes whatever waits then
+    (up to ``MAX_BATCH`` with a batch handler, else one). So a thread hands a batch handler
+    every run that arrived while all threads were busy, and a lone run goes at once. A message
+    is settled on this thread once each of its runs is handled."""
 
     def __init__(self, queue: RabbitQueue, handler: Handler, batch_handler: BatchHandler | None,
                  pool: ThreadPoolExecutor, prefetch: int) -> None:
