@@ -1,6 +1,8 @@
 """gunicorn's settings for the web process (the Procfile's ``web`` line; gunicorn also reads
 this file by itself when started from the repository root, as ``scripts/run`` does).
 
+- Worker class: gunicorn's gthread, whose thread waits a few ms for a keep-alive
+  connection's next request before handing it back to the poller (``app.web.keepalive``).
 - Logs: gunicorn's own lines (start-up, worker boots and exits, the access log when enabled)
   come out in ``LOG_FORMAT`` like the app's, access lines with the request's id.
 - Metrics (``PROMETHEUS_MULTIPROC_DIR`` set): every process of the machine — these web
@@ -50,6 +52,9 @@ class JobsprintLogger(Logger):
 
 
 logger_class = JobsprintLogger
+# gthread, with a keep-alive connection's next request served by the thread that answered the
+# last one when it comes within a few ms (app.web.keepalive).
+worker_class = "app.web.keepalive.LingeringThreadWorker"
 # gunicorn 27's control socket is one per user (~/.gunicorn/gunicorn.ctl): a second web process
 # on the machine (honcho -c web=2) would log an error at start. Jobsprint does not use it.
 control_socket_disable = True

@@ -386,7 +386,7 @@ class Stack:
                 raise RuntimeError(f"jobs.release failed:\n{release.stderr[-3000:]}")
         self._spawn("web", [GUNICORN, "--bind", f"127.0.0.1:{self.port}",
                             "--workers", str(self.web_processes),
-                            "--worker-class", "gthread", "--threads", str(self.web_threads),
+                            "--threads", str(self.web_threads),
                             "wsgi:app"])
         self._wait_http()
         if self.backend != "embedded":

@@ -24,7 +24,10 @@ threads, each with its own keep-alive ``http.client`` connection, signing as the
 
 - W1: for each concurrency, ``--seconds`` of requests: requests/s (first send to last answer),
   p50/p99 of the round trip; every answer must be 200 with total 25.0 and email "a@b.com"
-  (``wrong_answers`` counts the others, ``codes`` lists non-200s).
+  (``wrong_answers`` counts the others, ``codes`` lists non-200s). Where the time went, from
+  the runs' rows: ``pickup`` (stored -> claimed by a worker) and ``run`` (claimed -> final),
+  p50/p99; the rest of the round trip is the web process's (before the store, after the
+  final event) and the network's.
 - W2: for each concurrency (its own workflow), ``--w2-seconds`` of requests: accepted/s and
   p50/p99 of the 202; then, from the database once all are final (or stalled 45 s):
   finished/s (min(created_at) -> max(finished_at)), failed_runs, lost_runs (accepted, never
@@ -62,6 +65,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -342,6 +346,22 @@ def lua_string(text: str) -> str:
     return json.dumps(text)  # a JSON string of ASCII text is a valid Lua string literal
 
 
+def print_stages(label: str, rows) -> None:
+    """Where a W1 run's time went, from its row: stored -> claimed by a worker (pickup) and
+    claimed -> final (run), p50/p99 in ms. The rest of the round trip is the web process's:
+    reading and checking the delivery before it is stored, and answering after the final
+    event."""
+    rows = [r for r in rows if r.started_at is not None and r.finished_at is not None]
+    if not rows:
+        return
+    pickup = [(r.started_at - r.created_at).total_seconds() * 1000 for r in rows]
+    run = [(r.finished_at - r.started_at).total_seconds() * 1000 for r in rows]
+    figure(label, "pickup_p50_ms", percentile(pickup, 0.5), runs=len(rows))
+    figure(label, "pickup_p99_ms", percentile(pickup, 0.99))
+    figure(label, "run_p50_ms", percentile(run, 0.5))
+    figure(label, "run_p99_ms", percentile(run, 0.99))
+
+
 def print_cpu(label: str, meter: w2.CpuMeter, requests_done: int) -> None:
     cpu, unaccounted = meter.stop()
     if not requests_done:
@@ -407,6 +427,7 @@ def run(args, parts: dict[str, float]) -> None:
             profiler.start(stack)
             meter = w2.CpuMeter(stack)
             meter.start()
+            began = datetime.now(UTC)
             load = args.load(w1_hook, c, args.seconds, 200).run()
             profiler.stop()
             per_s = load.ok / load.elapsed
@@ -417,6 +438,8 @@ def run(args, parts: dict[str, float]) -> None:
             figure(label, "wrong_answers", load.wrong)
             load.print_codes(label)
             print_cpu(label, meter, load.answered)
+            print_stages(label, [r for r in results.rows(w1_hook.workflow_id)
+                                 if r.created_at >= began])
         print_rss(stack, "after_w1")
 
         top = levels[-1]
