@@ -34,12 +34,11 @@ def insert(connection, table: Table, rows: Sequence[dict[str, Any]], *,
     columns; a column they leave out gets its scalar default (or NULL). Returns the result
     (with ``returning``, one row per inserted row)."""
     names = tuple(rows[0])
-    defaults = _scalar_defaults(table, names)
-    sql = _insert_sql(table, names + tuple(defaults), on_conflict_do_nothing, returning)
-    params = _arrays(table, names, rows)
-    for name, value in defaults.items():  # a JSON default of None is SQL NULL, as in Core
-        value = json.dumps(value) if value is not None and _is_json(table.c[name]) else value
-        params[name] = [value] * len(rows)
+    missing = defaults(table, names)  # a JSON default of None is SQL NULL, as in Core
+    sql = _insert_sql(table, names + tuple(missing), on_conflict_do_nothing, returning)
+    params = arrays(table, names, rows)
+    for name, default in missing.items():
+        params[name] = [default] * len(rows)
     return connection.exec_driver_sql(sql, params)
 
 
@@ -51,26 +50,45 @@ def update(connection, table: Table, rows: Sequence[dict[str, Any]], *,
     per updated row)."""
     names = tuple(rows[0])
     return connection.exec_driver_sql(_update_sql(table, names, match, returning),
-                                      _arrays(table, names, rows))
+                                      arrays(table, names, rows))
 
 
-def _arrays(table: Table, names: Iterable[str], rows: Sequence[dict[str, Any]]
-            ) -> dict[str, list]:
-    arrays = {}
+def arrays(table: Table, names: Iterable[str], rows: Sequence[dict[str, Any]], *,
+           prefix: str = "") -> dict[str, list]:
+    """The parameters of ``source(table, names, prefix=prefix)`` for ``rows``."""
+    columns = {}
     for name in names:
         if _is_json(table.c[name]):
-            arrays[name] = [json.dumps(row[name]) for row in rows]
+            columns[prefix + name] = [json.dumps(row[name]) for row in rows]
         else:
-            arrays[name] = [row[name] for row in rows]
-    return arrays
+            columns[prefix + name] = [row[name] for row in rows]
+    return columns
+
+
+def source(table: Table, names: tuple[str, ...], *, prefix: str = "", alias: str = "v") -> str:
+    """``unnest(%(<prefix>a)b::uuid[], ...) AS <alias>("a", ...)``: rows of ``table``'s
+    columns ``names`` (JSON ones as text: cast them with ``value``), for statements of their
+    own; ``prefix`` keeps the parameters of two sources apart."""
+    _columns(table, names)
+    arrays = ", ".join(f"%({prefix}{name})b::{_array_type(table.c[name])}" for name in names)
+    return f"unnest({arrays}) AS {alias}({', '.join(_quote(name) for name in names)})"
+
+
+def value(table: Table, name: str, alias: str = "v") -> str:
+    """A column of a ``source``, as the table's type (JSON text cast to jsonb)."""
+    quoted = f"{alias}.{_quote(name)}"
+    return f"{quoted}::jsonb" if _is_json(table.c[name]) else quoted
+
+
+def defaults(table: Table, given: Iterable[str]) -> dict[str, Any]:
+    """The scalar defaults of ``table``'s columns not in ``given`` (JSON ones as text);
+    raises ValueError for a column left out whose default is computed."""
+    return {name: json.dumps(default) if default is not None and _is_json(table.c[name])
+            else default for name, default in _defaults_of(table, frozenset(given)).items()}
 
 
 def _is_json(column) -> bool:
     return isinstance(column.type, JSON)
-
-
-def _scalar_defaults(table: Table, given: tuple[str, ...]) -> dict[str, Any]:
-    return _defaults_of(table, frozenset(given))
 
 
 @cache
@@ -85,18 +103,8 @@ def _defaults_of(table: Table, given: frozenset[str]) -> dict[str, Any]:
     return defaults
 
 
-def _unnest(table: Table, names: tuple[str, ...]) -> str:
-    """``unnest(%(a)b::uuid[], %(b)b::text[], ...) AS v("a", "b", ...)``."""
-    arrays = ", ".join(f"%({name})b::{_array_type(table.c[name])}" for name in names)
-    return f"unnest({arrays}) AS v({', '.join(_quote(name) for name in names)})"
-
-
 def _array_type(column) -> str:
     return "text[]" if _is_json(column) else f"{column.type.compile(dialect=_PG)}[]"
-
-
-def _value(table: Table, name: str) -> str:
-    return f"v.{_quote(name)}::jsonb" if _is_json(table.c[name]) else f"v.{_quote(name)}"
 
 
 def _columns(table: Table, *groups: Iterable[str]) -> None:
@@ -116,9 +124,9 @@ def _insert_sql(table: Table, names: tuple[str, ...], conflict: tuple[str, ...],
                 returning: str | None) -> str:
     _columns(table, names, conflict, [returning] if returning else [])
     columns = ", ".join(_quote(n) for n in names)
-    values = ", ".join(_value(table, n) for n in names)
-    source = _unnest(table, names)
-    sql = f"INSERT INTO {_quote(table.name)} ({columns}) SELECT {values} FROM {source}"  # noqa: S608
+    values = ", ".join(value(table, n) for n in names)
+    rows = source(table, names)
+    sql = f"INSERT INTO {_quote(table.name)} ({columns}) SELECT {values} FROM {rows}"  # noqa: S608
     if conflict:
         sql += f" ON CONFLICT ({', '.join(_quote(n) for n in conflict)}) DO NOTHING"
     if returning:
@@ -131,10 +139,10 @@ def _update_sql(table: Table, names: tuple[str, ...], match: tuple[str, ...],
                 returning: str | None) -> str:
     _columns(table, names, match, [returning] if returning else [])
     target = _quote(table.name)
-    assignments = ", ".join(f"{_quote(n)} = {_value(table, n)}" for n in names if n not in match)
+    assignments = ", ".join(f"{_quote(n)} = {value(table, n)}" for n in names if n not in match)
     condition = " AND ".join(f"{target}.{_quote(n)} = v.{_quote(n)}" for n in match)
-    source = _unnest(table, names)
-    sql = f"UPDATE {target} SET {assignments} FROM {source} WHERE {condition}"  # noqa: S608
+    rows = source(table, names)
+    sql = f"UPDATE {target} SET {assignments} FROM {rows} WHERE {condition}"  # noqa: S608
     if returning:
         sql += f" RETURNING {target}.{_quote(returning)}"
     return sql

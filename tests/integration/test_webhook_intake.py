@@ -91,6 +91,26 @@ def test_a_deactivated_workflow_gets_no_event_and_no_run(app, api, linked):
     assert count(TriggerEvent) == 0 and count(Execution) == 0
 
 
+def test_a_delivery_gets_a_run_for_each_linked_workflow_still_active(app, api, linked):
+    webhook_id, user_id, links = linked
+    inactive = uuid.UUID(api.workflow(active=False))
+    both = pending(linked, "a", links=[(inactive, "hook"), *links])
+    alone = pending(linked, "b", links=[(inactive, "hook")])
+    box = intake.Intake(app)
+    with app.app_context():
+        box._take([both, alone])
+    assert (both.outcome, alone.outcome) == ("accepted", "gone")
+    assert both.runs == [(both.run_ids[1], links[0][0])]
+    runs = db.session.execute(select(Execution.id, Execution.workflow_id,
+                                     Execution.trigger_event_id, Execution.input)).all()
+    events = db.session.scalars(select(TriggerEvent)).all()
+    db.session.commit()
+    assert [(r.id, r.workflow_id, r.trigger_event_id, r.input) for r in runs] == [
+        (both.run_ids[1], links[0][0], both.event_id, {"body": {"key": "a"}})]
+    assert [(e.id, e.webhook_id, e.user_id, e.dedupe_key, e.payload) for e in events] == [
+        (both.event_id, webhook_id, user_id, "a", {"body": {"key": "a"}})]
+
+
 def test_the_thread_takes_everything_waiting_up_to_the_batch_limit(app, linked):
     box = intake.Intake(app, max_batch=3)
     for key in "abcde":
