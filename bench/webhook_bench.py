@@ -25,9 +25,9 @@ threads, each with its own keep-alive ``http.client`` connection, signing as the
 - W1: for each concurrency, ``--seconds`` of requests: requests/s (first send to last answer),
   p50/p99 of the round trip; every answer must be 200 with total 25.0 and email "a@b.com"
   (``wrong_answers`` counts the others, ``codes`` lists non-200s). Where the time went, from
-  the runs' rows: ``pickup`` (stored -> claimed by a worker) and ``run`` (claimed -> final),
-  p50/p99; the rest of the round trip is the web process's (before the store, after the
-  final event) and the network's.
+  the runs' rows: ``pickup`` (stored -> began running in a worker) and ``run`` (began ->
+  final state), p50/p99; the rest of the round trip is the web process's (before the store,
+  after the final event), the final write's and the network's.
 - W2: for each concurrency (its own workflow), ``--w2-seconds`` of requests: accepted/s and
   p50/p99 of the 202; then, from the database once all are final (or stalled 45 s):
   finished/s (min(created_at) -> max(finished_at)), failed_runs, lost_runs (accepted, never
@@ -347,10 +347,11 @@ def lua_string(text: str) -> str:
 
 
 def print_stages(label: str, rows) -> None:
-    """Where a W1 run's time went, from its row: stored -> claimed by a worker (pickup) and
-    claimed -> final (run), p50/p99 in ms. The rest of the round trip is the web process's:
-    reading and checking the delivery before it is stored, and answering after the final
-    event."""
+    """Where a W1 run's time went, from its row: stored -> began running in a worker
+    (pickup: its claim, or for a batch of pure runs the moment it started) and began -> its
+    final state (run; a batch's write comes after), p50/p99 in ms. The rest of the round trip
+    is the web process's (reading and storing the delivery, answering after the final event),
+    the write's and the network's."""
     rows = [r for r in rows if r.started_at is not None and r.finished_at is not None]
     if not rows:
         return

@@ -34,9 +34,9 @@ handlers still running on the old connection are dropped, and the broker redeliv
 come free, and a stop runs the buffer before returning.
 
 Batches: given a ``batch_handler``, the prefetch defaults to ``BATCH_PREFETCH`` per thread, and a
-pool thread coming free takes every delivery waiting (up to ``MAX_BATCH``) to the batch handler
-at once; the ids it hands back run through ``handler`` one at a time, on the pool. A batch that
-raises is nacked whole (each delivered again, within the delivery limit).
+pool thread coming free takes every delivery waiting (up to ``MAX_BATCH``; a lone one too) to
+the batch handler at once; the ids it hands back run through ``handler`` one at a time, on the
+pool. A batch that raises is nacked whole (each delivered again, within the delivery limit).
 
 Runs published ``together`` travel up to ``MAX_BATCH`` to a message (one id a line): the broker
 stores, delivers and acks one message for them, not one each (RabbitMQ's CPU per run was the
@@ -225,7 +225,7 @@ class _Session:
     The runs of each message wait in ``arrived``; each message also queues enough ``_take``
     turns on the pool for its runs, and a pool thread taking its turn takes whatever waits then
     (up to ``MAX_BATCH`` with a batch handler, else one). So a thread hands a batch handler
-    every run that arrived while all threads were busy, and a lone run goes at once. A message
+    every run that arrived while all threads were busy, and a lone run at once. A message
     is settled on this thread once each of its runs is handled."""
 
     def __init__(self, queue: RabbitQueue, handler: Handler, batch_handler: BatchHandler | None,
@@ -296,10 +296,10 @@ class _Session:
                 taken.append(self.arrived.popleft())
             except IndexError:
                 break
-        if len(taken) == 1:
-            self._run(taken[0])
+        if self.batch_handler is not None and taken:
+            self._run_batch(taken)  # a lone run too: the batch handler says if it is one
         elif taken:
-            self._run_batch(taken)
+            self._run(taken[0])
 
     def _run_batch(self, taken: list[_Delivery]) -> None:
         try:

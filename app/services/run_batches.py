@@ -1,27 +1,30 @@
 """Running several pure runs at once: the queue hands a worker thread the deliveries that
 gathered while it was busy, and their bookkeeping is shared.
 
-A run one at a time (app.services.runs) costs two transactions, four Redis round trips and an
-ack; most of a short run's time. A batch of first deliveries of pure workflows (no node with
-side effects: nothing leaves the run, so running it needs nothing but its input) costs, for
-all its runs together: one transaction to sort and claim them (a SELECT that locks their
-rows, then one UPDATE of the pure queued ones), one round trip for their workflows' slots (one
-slot per workflow: the batch runs one run at a time), one for their "running" events, one
-transaction for their final states (one statement fenced by each run's epoch:
-``app.columnar`` on PostgreSQL, an executemany of the same fenced update on SQLite) and node
-rows (one INSERT), one round trip for their events and the slots' release. The runs
-themselves go one after another on the calling thread, each with its own recorder.
+A run one at a time (app.services.runs) costs two transactions (its claim, its final write),
+four Redis round trips and an ack; most of a short run's time. A pure run (no node with side
+effects: nothing leaves the run, so running it needs nothing but its input, and running it
+twice is invisible) needs no claim before it runs: a batch of first deliveries of pure
+workflows costs, for all its runs together, one read of their rows, one Redis round trip for
+their workflows' slots (one slot per workflow: the batch runs one run at a time), and then,
+once they ran, one write that claims and finishes them at once — each run's final state
+only ``WHERE status = 'queued' AND epoch = <the epoch read>``, with its node rows (on
+PostgreSQL one statement sent on its own; on SQLite one transaction) — and one round trip
+for their events (running, each node, the final state) and the slots' release.
 
 Everything else in the batch — a redelivery (it may have node rows to resume from), a retry,
 a run whose cancellation was asked, a workflow with side effects, a version that no longer
-exists — is handed back untouched, for the queue to run one at a time.
+exists — is handed back untouched, for the queue to run one at a time; so is a pure run that
+takes longer than ``runs.FLUSH_INTERVAL_S`` (it stops, and runs again claimed, its nodes shown
+as they finish).
 
-Correctness is the same as one at a time: every run is claimed by its epoch and finished by a
-write fenced by it; a run fenced out meanwhile (the reaper handed it on) writes nothing and
-publishes nothing. Until the batch's final transaction commits, every run of it is ``running``
-and the lease keeper renews its lease; a worker killed before the commit leaves them to the
-reaper (the queue delivers them again, and their claim then finds nothing to do), so a run is
-lost by nothing and finished once.
+Correctness: until the write, a run of the batch is still ``queued`` and nothing of it is
+stored or published. The write goes in only if nobody moved the run meanwhile: claimed by
+another worker (a duplicate delivery), cancelled, or handed on by the reaper (each changes
+its status or epoch; of two workers finishing the same run, the second finds it no longer
+queued). A worker killed before the write leaves the run queued, and the reaper publishes it
+again once its lease passes, as for a lost publish. So a run is lost by nothing and finished
+once.
 """
 
 from __future__ import annotations
@@ -45,22 +48,70 @@ from app.services.locks import WorkflowSlot, acquire_all, release_all
 log = logging.getLogger(__name__)
 
 RUNS = runs.RUNS
-# The claim reaches rows by their ids alone: with ``status = 'queued'`` beside the ids,
+NODES = runs.NODES
+# The read reaches rows by their ids alone: with ``status = 'queued'`` beside the ids,
 # PostgreSQL may take the (status, lease) index when its statistics say few runs are queued
 # (a table not yet analyzed, or a burst after a quiet spell), and then read every queued row
-# for each claim — the former ``id IN (SELECT … FOR UPDATE SKIP LOCKED) AND status = …`` did
-# so once per queued row (4-12 ms for one run with 400 queued). The sort locks the rows it
-# reads (SKIP LOCKED: a row another worker is claiming is left to it) and checks the status
-# itself; the claim then updates the locked queued rows by id. SQLite ignores the lock (the
-# SELECT runs before its write transaction begins), so there the claim checks the status.
-_SORT = select(RUNS.c.id, RUNS.c.status, RUNS.c.workflow_id, RUNS.c.workflow_version,
+# (a former claim did so once per queued row: 4-12 ms for one run with 400 queued). The
+# status is checked here, on the rows read, and again by the write.
+_READ = select(RUNS.c.id, RUNS.c.status, RUNS.c.epoch, RUNS.c.user_id, RUNS.c.workflow_id,
+               RUNS.c.workflow_version, RUNS.c.trigger_node_id, RUNS.c.input,
                RUNS.c.deliveries, RUNS.c.retry_of_id, RUNS.c.cancel_requested).where(
-    RUNS.c.id.in_(bindparam("run_ids", expanding=True))).with_for_update(skip_locked=True)
-_CLAIM_LOCKED = (update(RUNS).where(RUNS.c.id.in_(bindparam("run_ids", expanding=True)))
-                 .values(runs.CLAIMED).returning(RUNS.c.id, *runs.CLAIM_RETURNS))
-_CLAIM_QUEUED = _CLAIM_LOCKED.where(RUNS.c.status == "queued")
-_EPOCHS = select(RUNS.c.id, RUNS.c.epoch).where(
     RUNS.c.id.in_(bindparam("run_ids", expanding=True)))
+# What the write sets besides the final state: the claim's bookkeeping, done at once.
+_CLAIM_AND_FINISH = {"epoch": RUNS.c.epoch + 1, "deliveries": RUNS.c.deliveries + 1}
+# SQLite: one fenced UPDATE per run, in one transaction (its rowcount says which went in).
+_FINISH_ONE = (update(RUNS).where(RUNS.c.id == bindparam("run_id"),
+                                  RUNS.c.epoch == bindparam("run_epoch"),
+                                  RUNS.c.status == "queued")
+               .values(**_CLAIM_AND_FINISH,
+                       **{name: bindparam(name, type_=RUNS.c[name].type) for name in (
+                           "status", "result", "error", "started_at", "finished_at",
+                           "lease_expires_at", "updated_at")}))
+_FINAL_COLUMNS = ("id", "epoch", "status", "result", "error", "started_at", "finished_at")
+_NODE_COLUMNS = ("id", "execution_id", "node_key", "node_id", "attempt", "status", "output",
+                 "output_name", "error", "resume_at", "started_at", "finished_at")
+
+
+def _pg_finish_statement() -> tuple[str, dict]:
+    """PostgreSQL: the batch's write as one statement (run on its own, no BEGIN/COMMIT):
+    ``f`` the final states, ``u`` the runs still queued at the epoch read, finished and
+    claimed at once, ``n`` the node rows of those. Answers the ids written."""
+    missing = columnar.defaults(NODES, _NODE_COLUMNS)
+    node_columns = ", ".join(f'"{name}"' for name in [*_NODE_COLUMNS, *missing])
+    node_values = ", ".join([*(columnar.value(NODES, name, "n") for name in _NODE_COLUMNS),
+                            *(f"%(n_default_{name})s" for name in missing)])
+    assignments = ", ".join(
+        [f'"{name}" = {columnar.value(RUNS, name, "f")}'
+         for name in _FINAL_COLUMNS if name not in ("id", "epoch")]
+        + ['"epoch" = x.epoch + 1', '"deliveries" = x.deliveries + 1',
+           '"lease_expires_at" = NULL', '"updated_at" = %(now)s'])
+    sql = f"""
+WITH f AS (SELECT * FROM {columnar.source(RUNS, _FINAL_COLUMNS, prefix="f_", alias="f")}),
+u AS (UPDATE executions AS x SET {assignments} FROM f
+      WHERE x.id = f.id AND x.epoch = f.epoch AND x.status = 'queued' RETURNING x.id),
+n AS (INSERT INTO execution_nodes ({node_columns}) SELECT {node_values}
+      FROM {columnar.source(NODES, _NODE_COLUMNS, prefix="n_", alias="n")}
+      WHERE n.execution_id IN (SELECT u.id FROM u))
+SELECT id FROM u
+"""  # noqa: S608 - every name is fixed here; the values travel as parameters
+    return sql, {f"n_default_{name}": value for name, value in missing.items()}
+
+
+_PG_FINISH, _PG_FINISH_DEFAULTS = _pg_finish_statement()
+
+
+class _TakesLonger(Exception):
+    """A run of the batch went on past its budget: it is handed back, to run claimed."""
+
+
+class _UnclaimedRecorder(runs.RunRecorder):
+    """A recorder that keeps everything in memory: the run is not claimed, so nothing of it
+    may be written before the batch's write. A pure graph asks for a write only once it has
+    run ``runs.FLUSH_INTERVAL_S``: then the run stops, to run again claimed."""
+
+    def flush(self, final: dict | None = None) -> None:
+        raise _TakesLonger(str(self.execution_id))
 
 
 @dataclass(slots=True, eq=False)
@@ -68,11 +119,12 @@ class _Run:
     """One run of the batch on its way through."""
 
     id: uuid.UUID
+    epoch: int  # as read: the write goes in only if it is still this
     claim: runs.Claim
     graph: Any
     slot: WorkflowSlot
-    recorder: runs.RunRecorder
-    began: datetime
+    recorder: _UnclaimedRecorder
+    began: datetime | None = None
     final: dict | None = None
 
 
@@ -87,77 +139,72 @@ def run_batch(execution_ids: list[str]) -> list[str]:
 
 
 def _run_batch(ids: list[uuid.UUID]) -> list[str]:
-    batch, single = _sort_and_claim(ids)
+    batch, single = _read(ids)
     batch = _take_slots(batch)
-    keeper = runs.lease_keeper()
-    for run in batch:
-        keeper.track(run.recorder, run.slot)
     try:
-        events.publish_each(runs.store(), [
-            (run.claim.user_id, events.run_event(run.id, run.claim.workflow_id, "running"))
-            for run in batch])
-        finished = [run for run in batch if _execute(run)]
-        finished = _finish(finished)
-    finally:
+        ran = []
         for run in batch:
-            keeper.untrack(run.id)
-    _settle(batch, finished)
+            outcome = _execute(run)
+            if outcome:
+                ran.append(run)
+            elif outcome is None:  # it runs again claimed, one at a time
+                single.append(run.id)
+        written = _finish(ran)
+    except BaseException:
+        _release(batch)
+        raise
+    _settle(batch, written)
     return [str(execution_id) for execution_id in single]
 
 
-def _sort_and_claim(ids: list[uuid.UUID]) -> tuple[list[_Run], list[uuid.UUID]]:
-    """One transaction: claim the pure first deliveries among ``ids``; returns them, and the
-    ids still queued that must run one at a time. Ids no longer queued are dropped: as for
-    one run's claim, they are finished, held elsewhere or duplicates."""
-    now = utcnow()
-    with db.engine.begin() as connection:
-        pure, single = _sort(connection.execute(_SORT, {"run_ids": ids}).all(), ids)
-        if not pure:
-            return [], single
-        rows = connection.execute(_CLAIM_QUEUED if db.is_sqlite else _CLAIM_LOCKED, {
-            "run_ids": pure, "now": now, "lease": now + runs.lease_length()}).all()
-    return _claimed(_in_order(rows, ids), now), single
-
-
-def _sort(rows, ids: list[uuid.UUID]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
-    """(pure first deliveries, the rest still queued), in the order of ``ids``."""
-    pure, single = [], []
+def _read(ids: list[uuid.UUID]) -> tuple[list[_Run], list[uuid.UUID]]:
+    """One read: the pure first deliveries among ``ids`` (to run here), and the ids still
+    queued that must run one at a time. Ids no longer queued are dropped: as for one run's
+    claim, they are finished, held elsewhere or duplicates."""
+    rows = _autocommit(lambda connection: connection.execute(_READ, {"run_ids": ids}).all())
+    store = runs.store()
+    slots: dict[uuid.UUID, WorkflowSlot] = {}
+    batch: list[_Run] = []
+    single: list[uuid.UUID] = []
     for row in _in_order([row for row in rows if row.status == "queued"], ids):
         graph, definition = runs.load_graph(row.workflow_id, row.workflow_version)
         if (graph is None or row.deliveries or row.retry_of_id is not None
                 or row.cancel_requested or runs.side_effect_nodes(definition)):
             single.append(row.id)
-        else:
-            pure.append(row.id)
-    return pure, single
+            continue
+        slot = slots.get(row.workflow_id)
+        if slot is None:
+            # The batch runs one run at a time: one slot per workflow is enough, held in the
+            # name of the workflow's first run.
+            slot = slots[row.workflow_id] = WorkflowSlot(
+                store, str(row.workflow_id), runs.concurrency_of(definition),
+                holder=str(row.id))
+        claim = runs.Claim(epoch=row.epoch, user_id=row.user_id, workflow_id=row.workflow_id,
+                           workflow_version=row.workflow_version,
+                           trigger_node_id=row.trigger_node_id, input=row.input,
+                           started_at=None, deliveries=row.deliveries, retry_of_id=None,
+                           cancel_requested=False)
+        batch.append(_Run(
+            id=row.id, epoch=row.epoch, claim=claim, graph=graph, slot=slot,
+            recorder=_UnclaimedRecorder(row.id, row.user_id, row.workflow_id, row.epoch,
+                                        set(), set(), graph=graph)))
+    return batch, single
+
+
+def _autocommit(statement):
+    """``statement(connection)`` as a statement of its own: on PostgreSQL without BEGIN and
+    COMMIT (one round trip, not three)."""
+    if db.is_sqlite:
+        with db.engine.begin() as connection:
+            return statement(connection)
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        return statement(connection)
 
 
 def _in_order(rows, ids: list[uuid.UUID]) -> list:
     """``rows`` (with an ``id``) in the order of ``ids``: the first delivered comes first."""
     order = {execution_id: n for n, execution_id in enumerate(ids)}
     return sorted(rows, key=lambda row: order[row.id])
-
-
-def _claimed(rows, now: datetime) -> list[_Run]:
-    """The batch's runs, from the rows its claim returned."""
-    store = runs.store()
-    slots: dict[uuid.UUID, WorkflowSlot] = {}
-    batch = []
-    for row in rows:
-        claim = runs.claimed_from(row._mapping, now)
-        graph, definition = runs.load_graph(claim.workflow_id, claim.workflow_version)
-        slot = slots.get(claim.workflow_id)
-        if slot is None:
-            # The batch runs one run at a time: one slot per workflow is enough, held in the
-            # name of the workflow's first run (its redelivery after a crash takes it back).
-            slot = slots[claim.workflow_id] = WorkflowSlot(
-                store, str(claim.workflow_id), runs.concurrency_of(definition),
-                holder=str(row.id))
-        batch.append(_Run(
-            id=row.id, claim=claim, graph=graph, began=claim.started_at or now, slot=slot,
-            recorder=runs.RunRecorder(row.id, claim.user_id, claim.workflow_id, claim.epoch,
-                                      set(), set(), graph=graph)))
-    return batch
 
 
 def _distinct_slots(batch: list[_Run]) -> list[WorkflowSlot]:
@@ -174,112 +221,111 @@ def _take_slots(batch: list[_Run]) -> list[_Run]:
         return batch
     for run in batch:
         if not run.slot.held:
-            runs.defer(run.id, run.claim.workflow_id, run.claim.epoch,
-                       run.claim.started_at is None)
+            runs.defer(run.id, run.claim.workflow_id, run.epoch, claimed=False)
     return [run for run in batch if run.slot.held]
 
 
-def _execute(run: _Run) -> bool:
-    """Run the engine on one run of the batch; False if it has nothing to commit (fenced, or
-    failed unexpectedly: the reaper hands it on once its lease passes)."""
+def _execute(run: _Run) -> bool | None:
+    """Run the engine on one run of the batch, in memory: True once its final state is
+    known, None if it takes longer than its budget (handed back), False if it failed
+    unexpectedly (the queue delivers it again, or the reaper publishes it)."""
     token = logs.execution_id.set(str(run.id))
+    run.began = utcnow()  # the run's started_at, if it is written
     run.recorder.begin()
     try:
         result = engine.run_graph(
             run.graph, trigger_id=run.claim.trigger_node_id, trigger_output=run.claim.input,
             execution={"id": str(run.id), "workflow_id": str(run.claim.workflow_id)},
             callbacks=run.recorder, ports=engine.Ports(is_cancelled=run.recorder.is_cancelled),
-            options=engine.RunOptions(started_at=run.claim.started_at))
-        if result.status == "parked":  # not for a pure graph; if ever, as one run would
-            run.recorder.finish(result)
-            return False
-        run.final = runs.final_values(result)
+            options=engine.RunOptions(started_at=None))
+        if result.status == "parked":  # not for a pure graph; if ever, it runs claimed
+            return None
+        run.final = {**runs.final_values(result), "started_at": run.began}
         return True
-    except runs.Fenced:
-        log.info("run %s was handed to another worker; this one stops", run.id)
+    except _TakesLonger:
+        log.info("run %s takes longer than a batch allows; it runs again on its own", run.id)
         db.session.rollback()
-        return False
+        return None
     except Exception:  # noqa: BLE001 - one run's fault must not sink the batch
-        log.exception("run %s failed in its batch; the reaper hands it on", run.id)
+        log.exception("run %s failed in its batch; it stays queued, and the reaper publishes "
+                      "it again once its lease passes", run.id)
         db.session.rollback()
         return False
     finally:
         logs.execution_id.reset(token)
 
 
-def _finish(batch: list[_Run]) -> list[_Run]:
-    """Commit every run's final state and node rows in one transaction; returns the runs
-    whose write went in (the others were fenced out meanwhile)."""
-    if not batch:
+def _finish(ran: list[_Run]) -> list[_Run]:
+    """Claim and finish every run that ran, with its node rows, where it is still queued at
+    the epoch read; returns the runs written (the others moved meanwhile)."""
+    if not ran:
         return []
     now = utcnow()
-    with db.engine.begin() as connection:
-        written = _write_finals(connection, batch, now)
-        kept = [run for run in batch if run.id in written]
-        if len(kept) < len(batch):
-            for run in batch:
-                if run.id not in written:
-                    run.recorder.fenced.set()
-            log.info("%d runs of the batch were handed to another worker; this one writes "
-                     "nothing of them", len(batch) - len(kept))
-        inserts = [row for run in kept for row in run.recorder.write_known_nodes(connection)]
-        if inserts:
-            if db.is_sqlite:
-                connection.execute(runs.INSERT_NODES, inserts)
-            else:
-                columnar.insert(connection, runs.NODES, inserts)
+    nodes = [{**runs.NODE_ROW, "id": uuid.uuid4(), "execution_id": run.id, **row}
+             for run in ran for row in run.recorder.pending]
+    if db.is_sqlite:
+        written = _finish_sqlite(ran, nodes, now)
+    else:
+        finals = [{"id": run.id, "epoch": run.epoch, **{name: run.final[name] for name in (
+            "status", "result", "error", "started_at", "finished_at")}} for run in ran]
+        written = _autocommit(lambda connection: set(connection.exec_driver_sql(_PG_FINISH, {
+            **columnar.arrays(RUNS, _FINAL_COLUMNS, finals, prefix="f_"),
+            **columnar.arrays(NODES, _NODE_COLUMNS, nodes, prefix="n_"),
+            **_PG_FINISH_DEFAULTS, "now": now}).scalars()))
+    kept = [run for run in ran if run.id in written]
+    if len(kept) < len(ran):
+        log.info("%d runs of the batch were handed to another worker; this one writes "
+                 "nothing of them", len(ran) - len(kept))
     return kept
 
 
-def _write_finals(connection, batch: list[_Run], now: datetime) -> set[uuid.UUID]:
-    """Each run's final state, written only while its epoch is still the batch's (one
-    statement per shape of final state); the ids written."""
+def _finish_sqlite(ran: list[_Run], nodes: list[dict], now: datetime) -> set[uuid.UUID]:
     written: set[uuid.UUID] = set()
-    shapes: dict[frozenset, list[_Run]] = {}
-    for run in batch:
-        shapes.setdefault(frozenset(run.final), []).append(run)
-    for shape, group in shapes.items():
-        if db.is_sqlite:
-            touched = connection.execute(
-                runs.fenced_update(shape | {"updated_at"}),
-                [{"run_id": run.id, "run_epoch": run.recorder.epoch, "updated_at": now,
-                  **run.final} for run in group]).rowcount
-            if touched == len(group):
-                written.update(run.id for run in group)
-            else:
-                current = dict(connection.execute(
-                    _EPOCHS, {"run_ids": [run.id for run in group]}).all())
-                written.update(run.id for run in group
-                               if current.get(run.id) == run.recorder.epoch)
-        else:
-            written.update(columnar.update(
-                connection, RUNS,
-                [{"id": run.id, "epoch": run.recorder.epoch, "updated_at": now, **run.final}
-                 for run in group], match=("id", "epoch"), returning="id").scalars())
+    with db.engine.begin() as connection:
+        for run in ran:
+            if connection.execute(_FINISH_ONE, {
+                    "run_id": run.id, "run_epoch": run.epoch, "updated_at": now,
+                    **{name: run.final.get(name) for name in (
+                        "status", "result", "error", "started_at", "finished_at",
+                        "lease_expires_at")}}).rowcount:
+                written.add(run.id)
+        rows = [row for row in nodes if row["execution_id"] in written]
+        if rows:
+            connection.execute(runs.INSERT_NODES, rows)
     return written
 
 
-def _settle(batch: list[_Run], finished: list[_Run]) -> None:
-    """After the commit: publish the finished runs' events and free every slot not handed on
-    (one round trip), wake the workflows with deferred runs, count the finished runs."""
-    published = [(run.claim.user_id, event) for run in finished
-                 for event in run.recorder.committed(run.final)]
-    # A slot held in the name of a run that was handed on is that run's new holder's now.
-    handed_on = {str(run.id) for run in batch if run.recorder.fenced.is_set()}
-    released = [slot for slot in _distinct_slots(batch) if slot.token not in handed_on]
+def _release(batch: list[_Run]) -> None:
+    """Free the batch's slots after a failure (best effort: they expire anyway)."""
+    try:
+        release_all(runs.store(), _distinct_slots(batch), [])
+    except redis.RedisError:
+        log.warning("could not free %d workflow slots", len(_distinct_slots(batch)))
+
+
+def _settle(batch: list[_Run], written: list[_Run]) -> None:
+    """After the write: publish the written runs' events (running, each node, the final
+    state) and free the slots (one round trip), wake the workflows with deferred runs, count
+    the finished runs."""
+    published = []
+    for run in written:
+        published.append((run.claim.user_id, events.run_event(run.id, run.claim.workflow_id,
+                                                              "running")))
+        published.extend((run.claim.user_id, event)
+                         for event in run.recorder.committed(run.final))
     workflows = list(dict.fromkeys(run.claim.workflow_id for run in batch))
     try:
-        waiting = release_all(runs.store(), released,
+        waiting = release_all(runs.store(), _distinct_slots(batch),
                               [runs.deferred_marker(workflow_id) for workflow_id in workflows],
                               also=lambda pipe: events.queue_each(pipe, published))
     except redis.RedisError as exc:
         log.warning("could not publish %d events nor free %d workflow slots: %s",
-                    len(published), len(released), exc)
+                    len(published), len(_distinct_slots(batch)), exc)
         waiting = []
     for workflow_id, has_waiting in zip(workflows, waiting, strict=False):
         if has_waiting:
             runs.wake_deferred_safely(workflow_id)
-    for run in finished:
+    for run in written:
         token = logs.execution_id.set(str(run.id))
         try:
             runs.count_finished(run.final["status"], run.began)

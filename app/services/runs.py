@@ -148,10 +148,25 @@ def deferred_marker(workflow_id: uuid.UUID) -> str:
     return f"wfdeferred:{workflow_id}"
 
 
-def defer(execution_id: uuid.UUID, workflow_id: uuid.UUID, epoch: int, first: bool) -> None:
-    """Give the run back; the reaper publishes it again after ``DEFER``, or sooner, when a
-    run of the same workflow frees its slot (``wake_deferred``)."""
-    unclaim(execution_id, epoch, first)
+def postpone(execution_id: uuid.UUID, epoch: int) -> None:
+    """A queued run read but not claimed (app.services.run_batches) found its workflow's
+    slots taken: due again after the deferral."""
+    now = utcnow()
+    db.session.execute(update(RUNS).where(RUNS.c.id == execution_id, RUNS.c.epoch == epoch,
+                                          RUNS.c.status == "queued")
+                       .values(lease_expires_at=now + DEFER, updated_at=now))
+    db.session.commit()
+
+
+def defer(execution_id: uuid.UUID, workflow_id: uuid.UUID, epoch: int, first: bool = False, *,
+          claimed: bool = True) -> None:
+    """Give the run back (``claimed``: this worker claimed it; else it is still queued); the
+    reaper publishes it again after ``DEFER``, or sooner, when a run of the same workflow
+    frees its slot (``wake_deferred``)."""
+    if claimed:
+        unclaim(execution_id, epoch, first)
+    else:
+        postpone(execution_id, epoch)
     try:
         store().set(deferred_marker(workflow_id), 1, ex=int(DEFER.total_seconds() * 2))
     except redis.RedisError as exc:

@@ -1,7 +1,7 @@
 """app.services.run_batches against the real database (both modes): what a batch runs, what
-it hands back untouched, and that a run handed on while its batch ran writes nothing. The
-runs are queued with no worker consuming them, and the test calls the batch handler itself,
-as the queue would."""
+it hands back untouched, and that a run moved while its batch ran (handed on by the reaper,
+cancelled, finished by another worker) gets nothing written. The runs are queued with no
+worker consuming them, and the test calls the batch handler itself, as the queue would."""
 
 from __future__ import annotations
 
@@ -117,12 +117,60 @@ def test_a_run_handed_on_while_its_batch_ran_writes_nothing(app, api, monkeypatc
         assert run_batches.run_batch(ids) == []
 
     fenced = run_row(app, ids[1])
-    assert (fenced.status, fenced.epoch, fenced.result) == ("queued", 2, None)
+    assert (fenced.status, fenced.epoch, fenced.result) == ("queued", 1, None)
     assert node_keys(app, ids[1]) == []
     for n in (0, 2, 3):
         assert run_row(app, ids[n]).status == "succeeded"
         assert node_keys(app, ids[n]) == ["double", "start"]
     assert "1 runs of the batch were handed to another worker" in caplog.text
+
+
+def test_a_run_cancelled_or_finished_elsewhere_while_its_batch_ran_is_left_as_it_is(
+        app, api, client, auth, monkeypatch):
+    pure = api.workflow([DOUBLE])
+    ids = [api.run(pure, n) for n in range(3)]
+    cancelled, elsewhere = uuid.UUID(ids[0]), uuid.UUID(ids[1])
+    execute = run_batches._execute
+    struck: set[uuid.UUID] = set()
+
+    def meanwhile(run):
+        if run.id not in struck:
+            struck.add(run.id)
+            if run.id == cancelled:  # the owner cancels it while it is still queued
+                with db.engine.begin() as connection:
+                    connection.execute(update(Execution).where(Execution.id == cancelled)
+                                       .values(status="cancelled", epoch=Execution.epoch + 1))
+            if run.id == elsewhere:  # a duplicate delivery: another worker's batch wins
+                with app.app_context():
+                    assert run_batches.run_batch([ids[1]]) == []
+        return execute(run)
+
+    monkeypatch.setattr(run_batches, "_execute", meanwhile)
+    with app.app_context():
+        assert run_batches.run_batch(ids) == []
+    assert (run_row(app, ids[0]).status, node_keys(app, ids[0])) == ("cancelled", [])
+    other = run_row(app, ids[1])
+    assert (other.status, other.epoch, other.deliveries) == ("succeeded", 1, 1)
+    assert node_keys(app, ids[1]) == ["double", "start"]  # written once, by the winner
+    assert run_row(app, ids[2]).status == "succeeded"
+
+
+def test_a_pure_run_longer_than_a_batch_allows_is_handed_back_with_nothing_written(
+        app, api, monkeypatch):
+    pure = api.workflow([DOUBLE, {**DOUBLE, "id": "again"}])
+    ids = [api.run(pure, n) for n in range(2)]
+    monkeypatch.setattr(runs, "FLUSH_INTERVAL_S", 0.0)  # every run is past its budget
+    with app.app_context():
+        assert sorted(run_batches.run_batch(ids)) == sorted(ids)
+    for execution_id in ids:
+        run = run_row(app, execution_id)
+        assert (run.status, run.epoch, run.deliveries, run.started_at) == ("queued", 0, 0, None)
+        assert node_keys(app, execution_id) == []
+    with app.app_context():  # as the queue then does: one at a time, claimed
+        for execution_id in ids:
+            runs.run_execution(execution_id)
+    assert [run_row(app, execution_id).status for execution_id in ids] == ["succeeded"] * 2
+    assert node_keys(app, ids[0]) == ["again", "double", "start"]
 
 
 def test_a_batch_takes_one_slot_per_workflow_and_defers_runs_whose_slot_is_taken(app, api):
@@ -145,12 +193,12 @@ def test_a_batch_takes_one_slot_per_workflow_and_defers_runs_whose_slot_is_taken
 
 
 @pytest.mark.parametrize("mode", ["production"], indirect=True)
-def test_claiming_a_few_runs_reads_only_their_rows_however_many_are_queued(app, api):
-    """The claim reaches its rows by id, whatever PostgreSQL's statistics say: in a table not
-    yet analyzed it took the (status, lease) index and read every queued row once per queued
-    row (~9 buffers per queued run). Counted in buffers, which timing does not sway: the
-    statements the batch ran, explained again (in a transaction rolled back) for runs still
-    queued among 300."""
+def test_a_batch_of_a_few_runs_reads_only_their_rows_however_many_are_queued(app, api):
+    """The batch reaches its rows by id, whatever PostgreSQL's statistics say: in a table not
+    yet analyzed a former claim took the (status, lease) index and read every queued row once
+    per queued row (~9 buffers per queued run). Counted in buffers, which timing does not
+    sway: the batch's read and write, explained again (in a transaction rolled back) for runs
+    still queued among 300."""
     pure = api.workflow([DOUBLE], concurrency=50)
     ids = [api.run(pure, n) for n in range(300)]
     ran: list[tuple[str, dict]] = []
@@ -164,15 +212,27 @@ def test_claiming_a_few_runs_reads_only_their_rows_however_many_are_queued(app, 
             assert run_batches.run_batch(ids[:2]) == []
         finally:
             event.remove(db.engine, "before_cursor_execute", record)
-        # The sort and the claim: the statements given the runs' ids one by one.
-        claim = [(sql, params) for sql, params in ran if isinstance(params, dict)
-                 and uuid.UUID(ids[0]) in params.values()]
+        # The read and the write: the statements given the runs' ids (one by one, or as an
+        # array).
+        first = uuid.UUID(ids[0])
+        claim = [(sql, params) for sql, params in ran if isinstance(params, dict) and any(
+            value == first or (isinstance(value, list) and first in value)
+            for value in params.values())]
         assert len(claim) == 2, [sql for sql, _ in ran]
         others = {uuid.UUID(ids[0]): uuid.UUID(ids[100]), uuid.UUID(ids[1]): uuid.UUID(ids[101])}
+
+        def swap(value):
+            if isinstance(value, list):
+                return [others.get(item, item) if isinstance(item, uuid.UUID) else item
+                        for item in value]
+            return others.get(value, value) if isinstance(value, uuid.UUID) else value
+
         buffers = 0
         with db.engine.connect() as connection:
             for sql, params in claim:
-                params = {key: others.get(value, value) for key, value in params.items()}
+                params = {key: swap(value) for key, value in params.items()}
+                if "n_id" in params:  # the write's node rows: new ones
+                    params["n_id"] = [uuid.uuid4() for _ in params["n_id"]]
                 plan = connection.exec_driver_sql(
                     "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params).scalar()
                 plan = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]

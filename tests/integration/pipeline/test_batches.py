@@ -1,8 +1,8 @@
 """Pure runs in batches, through real workers on RabbitMQ: a burst of first deliveries is
-claimed and finished together, each run once; runs with side effects in the same burst are
-run one at a time; a worker killed in the middle of a batch loses no run and finishes none
-twice; a worker stopped in the middle of a batch and resumed after its runs were handed on
-writes nothing."""
+run and written together, each run once; runs with side effects in the same burst are run one
+at a time; a worker killed in the middle of a batch (its runs run, not yet written) loses no
+run and finishes none twice; a worker stopped there and resumed after its runs were handed on
+and finished elsewhere writes nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 import uuid
 
 import pytest
+import redis
 from sqlalchemy import func, select, text
 
 from app.db import db
@@ -18,7 +19,7 @@ from app.models import Execution
 from tests.integration.pipeline.conftest import LEASE_S, Pipeline, wait_for
 
 # Set nodes per pure run in the fault tests: a batch then spends nearly all its time running
-# (claimed, not yet committed), so a kill or a stop lands inside one.
+# (read, not yet written), so a kill or a stop soon lands inside one.
 CHAIN = 150
 
 
@@ -103,30 +104,30 @@ def test_runs_with_side_effects_in_a_burst_run_one_at_a_time(pipeline: Pipeline)
 
 def test_a_worker_killed_in_the_middle_of_a_batch_loses_no_run(pipeline: Pipeline):
     pipe = pipeline
-    execution_ids, doomed = stopped_in_a_batch(pipe)
+    execution_ids, doomed, caught = stopped_in_a_batch(pipe)
     doomed.kill()
     pipe.worker(threads=2)
     wait_for(lambda: statuses(pipe, execution_ids).get("succeeded") == len(execution_ids),
              90, "every run to succeed after the kill", pipe.logs)
     assert_all_succeeded_once(pipe, execution_ids, CHAIN)
-    with pipe.app.app_context():
-        handed_on = db.session.scalar(select(func.count()).where(
-            Execution.id.in_([uuid.UUID(e) for e in execution_ids]), Execution.epoch > 1))
-        db.session.commit()
-    assert handed_on > 0, "no run was caught in the killed worker's batch"
+    assert pipe.execution(caught).status == "succeeded"  # queued in the batch at the kill
 
 
 def test_a_stopped_worker_finishing_a_batch_late_writes_nothing(pipeline: Pipeline):
     pipe = pipeline
-    execution_ids, stale = stopped_in_a_batch(pipe)
+    execution_ids, stale, _caught = stopped_in_a_batch(pipe)
     time.sleep(LEASE_S * 2)  # the leases pass; the clock hands the batch's runs on
     pipe.worker(threads=2)
     wait_for(lambda: statuses(pipe, execution_ids).get("succeeded") == len(execution_ids),
              90, "every run to succeed", pipe.logs)
     before = [_snapshot(pipe, e) for e in execution_ids]
     stale.signal(signal.SIGCONT)
-    wait_for(lambda: "handed to another worker" in stale.log(), 20,
-             "the stopped worker to notice it was fenced out", pipe.logs)
+    # Its batch's write finds its runs moved; or, its run in progress having outlived the
+    # batch's budget while it was stopped, the run goes one at a time and finds nothing
+    # left to claim.
+    wait_for(lambda: "handed to another worker" in stale.log()
+             or "takes longer than a batch allows" in stale.log(), 20,
+             "the stopped worker to notice its runs moved", pipe.logs)
     time.sleep(1.0)  # room for a wrong late write
     assert [_snapshot(pipe, e) for e in execution_ids] == before
     assert stale.alive()
@@ -140,37 +141,40 @@ def _snapshot(pipe: Pipeline, execution_id: str) -> tuple:
              for r in pipe.node_rows(execution_id)])
 
 
-def stopped_in_a_batch(pipe: Pipeline) -> tuple[list[str], object]:
+def stopped_in_a_batch(pipe: Pipeline) -> tuple[list[str], object, str]:
     """120 queued runs of a long pure chain, a clock and one single-thread worker, SIGSTOPped
-    once some runs have finished, while it holds a claimed batch."""
+    once some runs have finished, in the middle of a batch; also the id of a run of that
+    batch, still queued."""
     workflow_id = pure_chain(pipe)
     execution_ids = [pipe.run(workflow_id, {"n": n}) for n in range(120)]
     pipe.clock()
     worker = pipe.worker(threads=1)
-
-    def mid_batch():
-        counts = statuses(pipe, execution_ids)
-        return counts.get("succeeded", 0) >= 10 and counts.get("running", 0) > 0
-
-    wait_for(mid_batch, 60, "some runs finished and a batch running", pipe.logs)
-    stop_holding_runs(pipe, worker, execution_ids)
-    return execution_ids, worker
+    wait_for(lambda: statuses(pipe, execution_ids).get("succeeded", 0) >= 10, 60,
+             "some runs finished", pipe.logs)
+    caught = stop_inside_a_batch(pipe, worker, workflow_id)
+    return execution_ids, worker, caught
 
 
-def stop_holding_runs(pipe: Pipeline, proc, execution_ids: list[str]) -> None:
-    """SIGSTOP ``proc`` (the only worker) at a moment when it holds claimed runs and no
-    session is inside a transaction. Stopped inside one, it would keep its row locks until it
-    resumes (claims skip such rows, and so does the reaper), so its runs could not be handed
-    on meanwhile; stopped between batches, it would hold nothing to be fenced out of."""
-    for _attempt in range(200):
-        proc.signal(signal.SIGSTOP)
-        time.sleep(0.05)  # a statement already sent finishes
-        with pipe.app.app_context(), db.engine.connect() as connection:
-            busy = connection.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND state <> 'idle'")).scalar()
-        if not busy and statuses(pipe, execution_ids).get("running", 0):
-            return
-        proc.signal(signal.SIGCONT)
-        time.sleep(0.02)
-    raise AssertionError("never found the worker holding runs outside a transaction")
+def stop_inside_a_batch(pipe: Pipeline, proc, workflow_id: str) -> str:
+    """SIGSTOP ``proc`` (the only worker) between its batch's read and its write, and outside
+    any statement; returns the id of a run of that batch. A batch holds its workflow's slot
+    in Redis in the name of its first run from before the runs run until after their write:
+    the worker is inside a batch when it holds the slot, and before the write while that run
+    is still queued."""
+    store = redis.Redis.from_url(pipe.env["REDIS_URL"])
+    try:
+        for _attempt in range(200):
+            proc.signal(signal.SIGSTOP)
+            time.sleep(0.05)  # a statement already sent finishes
+            holders = [h.decode() for h in store.zrange(f"wflock:{workflow_id}", 0, -1)]
+            with pipe.app.app_context(), db.engine.connect() as connection:
+                busy = connection.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND state <> 'idle'")).scalar()
+            if not busy and len(holders) == 1 and statuses(pipe, holders) == {"queued": 1}:
+                return holders[0]
+            proc.signal(signal.SIGCONT)
+            time.sleep(0.02)
+    finally:
+        store.close()
+    raise AssertionError("never found the worker inside a batch, before its write")
