@@ -15,8 +15,8 @@ for their events (running, each node, the final state) and the slots' release.
 Everything else in the batch — a redelivery (it may have node rows to resume from), a retry,
 a run whose cancellation was asked, a workflow with side effects, a version that no longer
 exists — is handed back untouched, for the queue to run one at a time; so is a pure run that
-takes longer than ``runs.FLUSH_INTERVAL_S`` (it stops, and runs again claimed, its nodes shown
-as they finish).
+takes longer than ``runs.FLUSH_INTERVAL_S``, would wait to retry a node (a batch never sleeps)
+or fails unexpectedly (it stops, and runs again claimed, its nodes shown as they finish).
 
 Correctness: until the write, a run of the batch is still ``queued`` and nothing of it is
 stored or published. The write goes in only if nobody moved the run meanwhile: claimed by
@@ -30,6 +30,7 @@ once.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,8 +108,14 @@ class _TakesLonger(Exception):
 
 class _UnclaimedRecorder(runs.RunRecorder):
     """A recorder that keeps everything in memory: the run is not claimed, so nothing of it
-    may be written before the batch's write. A pure graph asks for a write only once it has
-    run ``runs.FLUSH_INTERVAL_S``: then the run stops, to run again claimed."""
+    may be written before the batch's write. Once the run has gone on for
+    ``runs.FLUSH_INTERVAL_S`` (a pure graph then asks for a write; checked too as each node
+    starts) it stops, to run again claimed."""
+
+    def node_started(self, key: str, attempt: int, input: Any) -> None:
+        if time.monotonic() - self.last_flush > runs.FLUSH_INTERVAL_S:
+            raise _TakesLonger(str(self.execution_id))
+        super().node_started(key, attempt, input)
 
     def flush(self, final: dict | None = None) -> None:
         raise _TakesLonger(str(self.execution_id))
@@ -140,20 +147,19 @@ def run_batch(execution_ids: list[str]) -> list[str]:
 
 def _run_batch(ids: list[uuid.UUID]) -> list[str]:
     batch, single = _read(ids)
-    batch = _take_slots(batch)
+    ran: list[_Run] = []
     try:
-        ran = []
+        batch = _take_slots(batch)
         for run in batch:
-            outcome = _execute(run)
-            if outcome:
+            if _execute(run):
                 ran.append(run)
-            elif outcome is None:  # it runs again claimed, one at a time
+            else:  # it runs again claimed, one at a time
                 single.append(run.id)
         written = _finish(ran)
     except BaseException:
         _release(batch)
         raise
-    _settle(batch, written)
+    _settle(batch, ran, written)
     return [str(execution_id) for execution_id in single]
 
 
@@ -225,10 +231,11 @@ def _take_slots(batch: list[_Run]) -> list[_Run]:
     return [run for run in batch if run.slot.held]
 
 
-def _execute(run: _Run) -> bool | None:
+def _execute(run: _Run) -> bool:
     """Run the engine on one run of the batch, in memory: True once its final state is
-    known, None if it takes longer than its budget (handed back), False if it failed
-    unexpectedly (the queue delivers it again, or the reaper publishes it)."""
+    known; False if it is to run again claimed: it takes longer than its budget, would wait
+    (a retry's backoff: a batch never sleeps), or failed unexpectedly (claimed, it fails
+    within the queue's delivery limit)."""
     token = logs.execution_id.set(str(run.id))
     run.began = utcnow()  # the run's started_at, if it is written
     run.recorder.begin()
@@ -237,18 +244,17 @@ def _execute(run: _Run) -> bool | None:
             run.graph, trigger_id=run.claim.trigger_node_id, trigger_output=run.claim.input,
             execution={"id": str(run.id), "workflow_id": str(run.claim.workflow_id)},
             callbacks=run.recorder, ports=engine.Ports(is_cancelled=run.recorder.is_cancelled),
-            options=engine.RunOptions(started_at=None))
-        if result.status == "parked":  # not for a pure graph; if ever, it runs claimed
-            return None
+            options=engine.RunOptions(started_at=None, inline_wait_max_s=0.0))
+        if result.status == "parked":  # a retry to wait for: claimed, it may wait
+            return False
         run.final = {**runs.final_values(result), "started_at": run.began}
         return True
     except _TakesLonger:
         log.info("run %s takes longer than a batch allows; it runs again on its own", run.id)
         db.session.rollback()
-        return None
+        return False
     except Exception:  # noqa: BLE001 - one run's fault must not sink the batch
-        log.exception("run %s failed in its batch; it stays queued, and the reaper publishes "
-                      "it again once its lease passes", run.id)
+        log.exception("run %s failed in its batch; it runs again on its own", run.id)
         db.session.rollback()
         return False
     finally:
@@ -260,6 +266,9 @@ def _finish(ran: list[_Run]) -> list[_Run]:
     the epoch read; returns the runs written (the others moved meanwhile)."""
     if not ran:
         return []
+    # In id order: two batches writing the same runs (a duplicate delivery) lock their rows
+    # in the same order, so neither waits for the other in a cycle.
+    ran = sorted(ran, key=lambda run: run.id)
     now = utcnow()
     nodes = [{**runs.NODE_ROW, "id": uuid.uuid4(), "execution_id": run.id, **row}
              for run in ran for row in run.recorder.pending]
@@ -295,6 +304,13 @@ def _finish_sqlite(ran: list[_Run], nodes: list[dict], now: datetime) -> set[uui
     return written
 
 
+def _ours(batch: list[_Run], moved: set[uuid.UUID]) -> list[WorkflowSlot]:
+    """The batch's slots to free: not those held in the name of a run that moved meanwhile
+    (another worker holding that run took the slot as its own; it frees it)."""
+    tokens = {str(execution_id) for execution_id in moved}
+    return [slot for slot in _distinct_slots(batch) if slot.token not in tokens]
+
+
 def _release(batch: list[_Run]) -> None:
     """Free the batch's slots after a failure (best effort: they expire anyway)."""
     try:
@@ -303,7 +319,7 @@ def _release(batch: list[_Run]) -> None:
         log.warning("could not free %d workflow slots", len(_distinct_slots(batch)))
 
 
-def _settle(batch: list[_Run], written: list[_Run]) -> None:
+def _settle(batch: list[_Run], ran: list[_Run], written: list[_Run]) -> None:
     """After the write: publish the written runs' events (running, each node, the final
     state) and free the slots (one round trip), wake the workflows with deferred runs, count
     the finished runs."""
@@ -314,8 +330,9 @@ def _settle(batch: list[_Run], written: list[_Run]) -> None:
         published.extend((run.claim.user_id, event)
                          for event in run.recorder.committed(run.final))
     workflows = list(dict.fromkeys(run.claim.workflow_id for run in batch))
+    moved = {run.id for run in ran} - {run.id for run in written}
     try:
-        waiting = release_all(runs.store(), _distinct_slots(batch),
+        waiting = release_all(runs.store(), _ours(batch, moved),
                               [runs.deferred_marker(workflow_id) for workflow_id in workflows],
                               also=lambda pipe: events.queue_each(pipe, published))
     except redis.RedisError as exc:

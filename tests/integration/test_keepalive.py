@@ -83,15 +83,30 @@ def test_back_to_back_requests_stay_on_the_thread_that_answered(server):
 
 @pytest.mark.parametrize("quiet", ["idle", "closed"])
 def test_a_connection_quiet_past_the_linger_gives_its_thread_back(server, quiet):
-    port = server(threads=1)  # one thread: a connection that kept it would starve the other
+    port = server(threads=2)
     first = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    _get(first)
+    _get(first)  # its thread lingers on it
     if quiet == "closed":
         first.close()
-    other = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    _get(other)  # served once the first connection's linger ended
+    busy = socket.create_connection(("127.0.0.1", port))
+    busy.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")  # the other thread, for 5 s
+    time.sleep(0.2)
+    other = http.client.HTTPConnection("127.0.0.1", port, timeout=4)
+    _get(other)  # only the first connection's thread can answer: once its linger ends
     other.close()
+    busy.close()
     if quiet == "idle":
         # The idle connection went back to the poller, and is served again from there.
         _get(first)
         first.close()
+
+
+def test_a_thread_lingers_only_while_there_are_fewer_connections_than_threads(server):
+    port = server(threads=1)
+    first = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    _get(first)
+    # Were the one thread lingering on the first connection, this would time out first.
+    other = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+    _get(other)
+    first.close()
+    other.close()

@@ -173,6 +173,44 @@ def test_a_pure_run_longer_than_a_batch_allows_is_handed_back_with_nothing_writt
     assert node_keys(app, ids[0]) == ["again", "double", "start"]
 
 
+def test_a_slot_held_in_the_name_of_a_run_another_worker_took_is_left_to_it(
+        app, api, monkeypatch):
+    single = api.workflow([DOUBLE], concurrency=1)
+    ids = [api.run(single, n) for n in range(2)]
+    taken = uuid.UUID(ids[0])  # the batch's first run: its slot is held in this run's name
+    execute = run_batches._execute
+
+    def another_worker_takes_it(run):
+        if run.id == taken:  # the reaper handed it on, and another worker claimed it
+            with db.engine.begin() as connection:
+                connection.execute(update(Execution).where(Execution.id == taken).values(
+                    status="running", epoch=Execution.epoch + 1))
+            assert WorkflowSlot(runs.store(), single, 1, holder=str(taken)).acquire()
+        return execute(run)
+
+    monkeypatch.setattr(run_batches, "_execute", another_worker_takes_it)
+    with app.app_context():
+        assert run_batches.run_batch(ids) == []
+        # Freeing it would let a second run of this concurrency-1 workflow start meanwhile.
+        assert runs.store().zscore(f"wflock:{single}", str(taken)) is not None
+    assert run_row(app, ids[0]).status == "running"  # nothing written by the batch
+    assert run_row(app, ids[1]).status == "succeeded"
+
+
+def test_a_pure_run_that_would_wait_to_retry_is_handed_back_and_never_sleeps(app, api):
+    flaky = {"id": "flaky", "type": "logic.set", "retry": {"max": 2, "backoff_s": 0.05},
+             "params": {"fields": {"v": "{{ input.n // 0 }}"}}}
+    retrying = api.workflow([flaky])
+    quick = api.workflow([DOUBLE])
+    ids = [api.run(retrying, 1), api.run(quick, 2)]
+    with app.app_context():
+        assert run_batches.run_batch(ids) == [ids[0]]  # to run claimed, where it may wait
+    run = run_row(app, ids[0])
+    assert (run.status, run.epoch, run.deliveries) == ("queued", 0, 0)
+    assert node_keys(app, ids[0]) == []
+    assert run_row(app, ids[1]).status == "succeeded"
+
+
 def test_a_batch_takes_one_slot_per_workflow_and_defers_runs_whose_slot_is_taken(app, api):
     single = api.workflow([DOUBLE], concurrency=1)
     ids = [api.run(single, n) for n in range(3)]
