@@ -30,7 +30,6 @@ once.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,11 +38,11 @@ from typing import Any
 import redis
 from sqlalchemy import bindparam, select, update
 
-from app import columnar, engine, logs
+from app import columnar, logs
 from app.db import db
 from app.live import events
 from app.models import utcnow
-from app.services import runs
+from app.services import in_memory, runs
 from app.services.locks import WorkflowSlot, acquire_all, release_all
 
 log = logging.getLogger(__name__)
@@ -102,25 +101,6 @@ SELECT id FROM u
 _PG_FINISH, _PG_FINISH_DEFAULTS = _pg_finish_statement()
 
 
-class _TakesLonger(Exception):
-    """A run of the batch went on past its budget: it is handed back, to run claimed."""
-
-
-class _UnclaimedRecorder(runs.RunRecorder):
-    """A recorder that keeps everything in memory: the run is not claimed, so nothing of it
-    may be written before the batch's write. Once the run has gone on for
-    ``runs.FLUSH_INTERVAL_S`` (a pure graph then asks for a write; checked too as each node
-    starts) it stops, to run again claimed."""
-
-    def node_started(self, key: str, attempt: int, input: Any) -> None:
-        if time.monotonic() - self.last_flush > runs.FLUSH_INTERVAL_S:
-            raise _TakesLonger(str(self.execution_id))
-        super().node_started(key, attempt, input)
-
-    def flush(self, final: dict | None = None) -> None:
-        raise _TakesLonger(str(self.execution_id))
-
-
 @dataclass(slots=True, eq=False)
 class _Run:
     """One run of the batch on its way through."""
@@ -130,9 +110,8 @@ class _Run:
     claim: runs.Claim
     graph: Any
     slot: WorkflowSlot
-    recorder: _UnclaimedRecorder
-    began: datetime | None = None
-    final: dict | None = None
+    recorder: in_memory.UnclaimedRecorder
+    ran: in_memory.Ran | None = None  # once it ran: its final state and node rows
 
 
 def run_batch(execution_ids: list[str]) -> list[str]:
@@ -192,8 +171,8 @@ def _read(ids: list[uuid.UUID]) -> tuple[list[_Run], list[uuid.UUID]]:
                            cancel_requested=False)
         batch.append(_Run(
             id=row.id, epoch=row.epoch, claim=claim, graph=graph, slot=slot,
-            recorder=_UnclaimedRecorder(row.id, row.user_id, row.workflow_id, row.epoch,
-                                        set(), set(), graph=graph)))
+            recorder=in_memory.recorder_for(row.id, row.user_id, row.workflow_id, row.epoch,
+                                            graph)))
     return batch, single
 
 
@@ -232,33 +211,10 @@ def _take_slots(batch: list[_Run]) -> list[_Run]:
 
 
 def _execute(run: _Run) -> bool:
-    """Run the engine on one run of the batch, in memory: True once its final state is
-    known; False if it is to run again claimed: it takes longer than its budget, would wait
-    (a retry's backoff: a batch never sleeps), or failed unexpectedly (claimed, it fails
-    within the queue's delivery limit)."""
-    token = logs.execution_id.set(str(run.id))
-    run.began = utcnow()  # the run's started_at, if it is written
-    run.recorder.begin()
-    try:
-        result = engine.run_graph(
-            run.graph, trigger_id=run.claim.trigger_node_id, trigger_output=run.claim.input,
-            execution={"id": str(run.id), "workflow_id": str(run.claim.workflow_id)},
-            callbacks=run.recorder, ports=engine.Ports(is_cancelled=run.recorder.is_cancelled),
-            options=engine.RunOptions(started_at=None, inline_wait_max_s=0.0))
-        if result.status == "parked":  # a retry to wait for: claimed, it may wait
-            return False
-        run.final = {**runs.final_values(result), "started_at": run.began}
-        return True
-    except _TakesLonger:
-        log.info("run %s takes longer than a batch allows; it runs again on its own", run.id)
-        db.session.rollback()
-        return False
-    except Exception:  # noqa: BLE001 - one run's fault must not sink the batch
-        log.exception("run %s failed in its batch; it runs again on its own", run.id)
-        db.session.rollback()
-        return False
-    finally:
-        logs.execution_id.reset(token)
+    """Run one run of the batch in memory (``in_memory.run``): True once its final state is
+    known; False if it is to run again claimed."""
+    run.ran = in_memory.run(run.recorder, run.graph, run.claim.trigger_node_id, run.claim.input)
+    return run.ran is not None
 
 
 def _finish(ran: list[_Run]) -> list[_Run]:
@@ -270,12 +226,11 @@ def _finish(ran: list[_Run]) -> list[_Run]:
     # in the same order, so neither waits for the other in a cycle.
     ran = sorted(ran, key=lambda run: run.id)
     now = utcnow()
-    nodes = [{**runs.NODE_ROW, "id": uuid.uuid4(), "execution_id": run.id, **row}
-             for run in ran for row in run.recorder.pending]
+    nodes = [row for run in ran for row in run.ran.node_rows()]
     if db.is_sqlite:
         written = _finish_sqlite(ran, nodes, now)
     else:
-        finals = [{"id": run.id, "epoch": run.epoch, **{name: run.final[name] for name in (
+        finals = [{"id": run.id, "epoch": run.epoch, **{name: run.ran.final[name] for name in (
             "status", "result", "error", "started_at", "finished_at")}} for run in ran]
         written = _autocommit(lambda connection: set(connection.exec_driver_sql(_PG_FINISH, {
             **columnar.arrays(RUNS, _FINAL_COLUMNS, finals, prefix="f_"),
@@ -294,7 +249,7 @@ def _finish_sqlite(ran: list[_Run], nodes: list[dict], now: datetime) -> set[uui
         for run in ran:
             if connection.execute(_FINISH_ONE, {
                     "run_id": run.id, "run_epoch": run.epoch, "updated_at": now,
-                    **{name: run.final.get(name) for name in (
+                    **{name: run.ran.final.get(name) for name in (
                         "status", "result", "error", "started_at", "finished_at",
                         "lease_expires_at")}}).rowcount:
                 written.add(run.id)
@@ -323,12 +278,7 @@ def _settle(batch: list[_Run], ran: list[_Run], written: list[_Run]) -> None:
     """After the write: publish the written runs' events (running, each node, the final
     state) and free the slots (one round trip), wake the workflows with deferred runs, count
     the finished runs."""
-    published = []
-    for run in written:
-        published.append((run.claim.user_id, events.run_event(run.id, run.claim.workflow_id,
-                                                              "running")))
-        published.extend((run.claim.user_id, event)
-                         for event in run.recorder.committed(run.final))
+    published = [(run.claim.user_id, event) for run in written for event in run.ran.events()]
     workflows = list(dict.fromkeys(run.claim.workflow_id for run in batch))
     moved = {run.id for run in ran} - {run.id for run in written}
     try:
@@ -345,6 +295,6 @@ def _settle(batch: list[_Run], ran: list[_Run], written: list[_Run]) -> None:
     for run in written:
         token = logs.execution_id.set(str(run.id))
         try:
-            runs.count_finished(run.final["status"], run.began)
+            runs.count_finished(run.ran.final["status"], run.ran.began)
         finally:
             logs.execution_id.reset(token)

@@ -1,0 +1,111 @@
+"""Running a pure run in memory, before anything of it is stored.
+
+A pure run (no node with side effects: nothing leaves the run) needs nothing but its graph and
+its input, and running it twice is invisible. Two places run such runs before they are
+claimed and write the outcome in one statement afterwards: a worker's batch of first
+deliveries (app.services.run_batches) and a web process answering a webhook that waits for its
+run (app.services.arrival). Here is what they share: a recorder that keeps every node row in
+memory, and the engine call.
+
+A run that goes on past ``runs.FLUSH_INTERVAL_S`` (checked as each node starts, and whenever
+the engine asks for a write), would wait to retry a node, or fails unexpectedly, gives up:
+``run`` returns None, nothing of it was stored, and it runs again claimed, one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from app import engine, logs
+from app.db import db
+from app.live import events
+from app.models import utcnow
+from app.services import runs
+
+log = logging.getLogger(__name__)
+
+
+class TakesLonger(Exception):
+    """The run went on past its budget: it gives up, to run again claimed."""
+
+
+class UnclaimedRecorder(runs.RunRecorder):
+    """A recorder that keeps everything in memory: the run is not claimed, so nothing of it
+    may be written before its caller's write. Once the run has gone on for
+    ``runs.FLUSH_INTERVAL_S`` (a pure graph then asks for a write; checked too as each node
+    starts) it stops."""
+
+    def node_started(self, key: str, attempt: int, input: Any) -> None:
+        if time.monotonic() - self.last_flush > runs.FLUSH_INTERVAL_S:
+            raise TakesLonger(str(self.execution_id))
+        super().node_started(key, attempt, input)
+
+    def flush(self, final: dict | None = None) -> None:
+        raise TakesLonger(str(self.execution_id))
+
+
+@dataclass(slots=True, eq=False)
+class Ran:
+    """A run that ran in memory: its final state and node rows, none of it stored yet."""
+
+    execution_id: uuid.UUID
+    user_id: uuid.UUID
+    workflow_id: uuid.UUID
+    recorder: UnclaimedRecorder
+    began: datetime  # the run's started_at
+    final: dict  # status, result, error, finished_at, lease_expires_at (None)
+
+    def node_rows(self) -> list[dict]:
+        """The run's node rows, as ``execution_nodes`` rows to insert."""
+        return [{**runs.NODE_ROW, "id": uuid.uuid4(), "execution_id": self.execution_id, **row}
+                for row in self.recorder.pending]
+
+    def events(self) -> list[dict]:
+        """Once its write is committed: the run's events (running, each node, the final
+        state), to publish."""
+        return [events.run_event(self.execution_id, self.workflow_id, "running"),
+                *self.recorder.committed(self.final)]
+
+
+def recorder_for(execution_id: uuid.UUID, user_id: uuid.UUID, workflow_id: uuid.UUID,
+                 epoch: int, graph) -> UnclaimedRecorder:
+    return UnclaimedRecorder(execution_id, user_id, workflow_id, epoch, set(), set(),
+                             graph=graph)
+
+
+def run(recorder: UnclaimedRecorder, graph, trigger_node_id: str, trigger_output: Any
+        ) -> Ran | None:
+    """Run the engine on ``graph`` in memory: the run once its final state is known, or None
+    if it is to run again claimed (it takes longer than its budget, would wait to retry a
+    node, or failed unexpectedly; nothing of it is kept)."""
+    execution_id = recorder.execution_id
+    token = logs.execution_id.set(str(execution_id))
+    began = utcnow()
+    recorder.begin()
+    try:
+        result = engine.run_graph(
+            graph, trigger_id=trigger_node_id, trigger_output=trigger_output,
+            execution={"id": str(execution_id), "workflow_id": str(recorder.workflow_id)},
+            callbacks=recorder, ports=engine.Ports(is_cancelled=recorder.is_cancelled),
+            options=engine.RunOptions(started_at=None, inline_wait_max_s=0.0))
+        if result.status == "parked":  # a retry to wait for: claimed, it may wait
+            return None
+        return Ran(execution_id, recorder.user_id, recorder.workflow_id, recorder, began,
+                   {**runs.final_values(result), "started_at": began})
+    except TakesLonger:
+        log.info("run %s takes longer than running in memory allows; it runs again on its "
+                 "own", execution_id)
+        db.session.rollback()
+        return None
+    except Exception:  # noqa: BLE001 - one run's fault must not sink its batch or request
+        log.exception("run %s failed while it ran in memory; it runs again on its own",
+                      execution_id)
+        db.session.rollback()
+        return None
+    finally:
+        logs.execution_id.reset(token)
