@@ -21,13 +21,36 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app import engine, logs
+from app import columnar, engine, logs
 from app.db import db
 from app.live import events
 from app.models import utcnow
 from app.services import runs
 
 log = logging.getLogger(__name__)
+
+
+NODE_COLUMNS = ("id", "execution_id", "node_key", "node_id", "attempt", "status", "output",
+                "output_name", "error", "resume_at", "started_at", "finished_at")
+
+
+def pg_insert_nodes(condition: str) -> tuple[str, dict]:
+    """PostgreSQL: an ``INSERT INTO execution_nodes`` of the node rows of runs that ran in
+    memory, sent as arrays (``node_arrays``): those whose ``n.execution_id`` meets
+    ``condition`` (SQL over ``n``); and the parameters of the table's defaults, to send too."""
+    missing = columnar.defaults(runs.NODES, NODE_COLUMNS)
+    columns = ", ".join(f'"{name}"' for name in [*NODE_COLUMNS, *missing])
+    values = ", ".join([*(columnar.value(runs.NODES, name, "n") for name in NODE_COLUMNS),
+                        *(f"%(n_default_{name})s" for name in missing)])
+    rows = columnar.source(runs.NODES, NODE_COLUMNS, prefix="n_", alias="n")
+    sql = (f"INSERT INTO execution_nodes ({columns}) SELECT {values} FROM {rows} "  # noqa: S608
+           f"WHERE {condition}")
+    return sql, {f"n_default_{name}": value for name, value in missing.items()}
+
+
+def node_arrays(rows: list[dict]) -> dict[str, list]:
+    """The parameters of ``pg_insert_nodes``'s statement for ``rows`` (``Ran.node_rows``)."""
+    return columnar.arrays(runs.NODES, NODE_COLUMNS, rows, prefix="n_")
 
 
 class TakesLonger(Exception):

@@ -28,7 +28,7 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from flask import Flask, current_app
@@ -41,7 +41,11 @@ from app.db import db
 from app.errors import ServiceError
 from app.live import events
 from app.models import Execution, TriggerEvent, Workflow, utcnow
-from app.services import executions
+from app.services import arrival, executions, in_memory, runs
+from app.services.locks import release_all
+
+if TYPE_CHECKING:
+    from app.services.arrival import Arrival, Candidate
 
 log = logging.getLogger(__name__)
 WORKFLOWS = Workflow.__table__
@@ -76,6 +80,11 @@ class Pending:
     runs: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)  # (run, workflow)
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    # runs to try on arrival (app.services.arrival); those that ran, by run id: stored
+    # finished if their workflow version is still the active one (``finished`` says which)
+    candidates: list[Candidate] = field(default_factory=list)
+    arrived: dict[uuid.UUID, Arrival] = field(default_factory=dict)
+    finished: set[uuid.UUID] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.run_ids:
@@ -93,20 +102,29 @@ _INSERT_RUNS = insert(RUNS)  # on SQLite; _PG_STORE on PostgreSQL
 # node, with the run id chosen in advance) go in as arrays; ``a`` is the linked workflows
 # still active; ``e`` inserts the events of deliveries with an active workflow (a repeat of
 # an accepted delivery is skipped by the unique (webhook_id, dedupe_key)); ``r`` inserts a
-# queued run for each link of an inserted event to an active workflow. It answers which
-# workflows were active and which events and runs it inserted. Five round trips (BEGIN, the
-# SELECT, two INSERTs, COMMIT) became one: under W1 at c=10 the intake's store took 4.2 ms.
+# run for each link of an inserted event to an active workflow: queued, or finished when it
+# ran on arrival (a link with the version that ran and the final state) and that version is
+# still the active one; ``n`` inserts the node rows of the runs stored finished. It answers
+# which workflows were active, which events and runs it inserted, and which runs finished.
+# Five round trips (BEGIN, the SELECT, two INSERTs, COMMIT) became one: under W1 at c=10 the
+# intake's store took 4.2 ms.
 _DELIVERY_COLUMNS = ("id", "user_id", "webhook_id", "dedupe_key", "payload")
-_LINK_COLUMNS = ("trigger_event_id", "workflow_id", "trigger_node_id", "id")
+_FINAL_COLUMNS = ("status", "result", "error", "started_at", "finished_at")
+_LINK_COLUMNS = ("trigger_event_id", "workflow_id", "trigger_node_id", "id",
+                 "workflow_version", *_FINAL_COLUMNS)  # the last ones NULL unless it ran
 _EVENT_VALUES = {"id": "d.id", "user_id": "d.user_id", "webhook_id": "d.webhook_id",
                  "dedupe_key": "d.dedupe_key", "payload": columnar.value(EVENTS, "payload", "d"),
                  "kind": "'webhook'", "received_at": "%(now)s"}
+_RAN = "l.workflow_version = a.version"  # it ran on arrival, and that version is active
 _RUN_VALUES = {"id": "l.id", "user_id": "d.user_id", "workflow_id": "l.workflow_id",
                "workflow_version": "a.version", "trigger_type": "'webhook'",
                "trigger_node_id": "l.trigger_node_id", "trigger_event_id": "l.trigger_event_id",
-               "input": columnar.value(EVENTS, "payload", "d"), "status": "'queued'",
-               "lease_expires_at": "%(lease)s", "created_at": "%(now)s",
-               "updated_at": "%(now)s"}
+               "input": columnar.value(EVENTS, "payload", "d"),
+               "status": f"CASE WHEN {_RAN} THEN l.status ELSE 'queued' END",
+               **{name: f"CASE WHEN {_RAN} THEN {columnar.value(RUNS, name, 'l')} END"
+                  for name in _FINAL_COLUMNS if name != "status"},
+               "lease_expires_at": f"CASE WHEN {_RAN} THEN NULL ELSE %(lease)s END",
+               "created_at": "%(now)s", "updated_at": "%(now)s"}
 
 
 def _insert_select(table, values: dict[str, str], prefix: str) -> tuple[str, str, dict]:
@@ -121,6 +139,8 @@ def _insert_select(table, values: dict[str, str], prefix: str) -> tuple[str, str
 def _pg_store_statement() -> tuple[str, dict]:
     event_columns, event_values, event_defaults = _insert_select(EVENTS, _EVENT_VALUES, "e_")
     run_columns, run_values, run_defaults = _insert_select(RUNS, _RUN_VALUES, "r_")
+    insert_nodes, node_defaults = in_memory.pg_insert_nodes(
+        "n.execution_id IN (SELECT r.id FROM r WHERE r.status <> 'queued')")
     sql = f"""
 WITH d AS (SELECT * FROM {columnar.source(EVENTS, _DELIVERY_COLUMNS, prefix="d_", alias="d")}),
 l AS (SELECT * FROM {columnar.source(RUNS, _LINK_COLUMNS, prefix="l_", alias="l")}),
@@ -132,10 +152,12 @@ e AS (INSERT INTO trigger_events ({event_columns}) SELECT {event_values} FROM d
       ON CONFLICT (webhook_id, dedupe_key) DO NOTHING RETURNING id),
 r AS (INSERT INTO executions ({run_columns}) SELECT {run_values}
       FROM l JOIN e ON e.id = l.trigger_event_id JOIN d ON d.id = l.trigger_event_id
-      JOIN a ON a.id = l.workflow_id RETURNING id)
+      JOIN a ON a.id = l.workflow_id RETURNING id, status),
+n AS ({insert_nodes})
 SELECT 'active', id FROM a UNION ALL SELECT 'event', id FROM e UNION ALL SELECT 'run', id FROM r
+UNION ALL SELECT 'finished', id FROM r WHERE status <> 'queued'
 """  # noqa: S608 - every name is fixed here; the values travel as parameters
-    return sql, {**event_defaults, **run_defaults}
+    return sql, {**event_defaults, **run_defaults, **node_defaults}
 
 
 _PG_STORE, _PG_STORE_DEFAULTS = _pg_store_statement()
@@ -199,6 +221,7 @@ class Intake:
                     db.remove()
 
     def _take(self, batch: list[Pending]) -> None:
+        arrival.run_all(batch)
         try:
             self._store(batch)
         except DBAPIError as exc:
@@ -213,94 +236,152 @@ class Intake:
                         self._store([pending])
                     except DBAPIError as one:
                         pending.error = one
-        stored = [p for p in batch if p.error is None]
         self.batches += 1
         try:
-            self._tell(stored)
+            self._tell(batch)
         finally:
             for pending in batch:
                 pending.done.set()
 
     def _store(self, batch: list[Pending]) -> None:
-        """Atomically: the events that are new, and a queued run per active workflow (on a
-        connection of its own: no ORM session)."""
+        """Atomically: the events that are new, and a run per active workflow, queued or
+        finished (on a connection of its own: no ORM session)."""
         if db.is_sqlite:
             with db.engine.begin() as connection:
-                active, inserted = _store_sqlite(connection, batch)
+                active, inserted, finished = _store_sqlite(connection, batch)
         else:
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT"
                                                         ) as connection:
-                active, inserted = _store_pg(connection, batch)
+                active, inserted, finished = _store_pg(connection, batch)
         for p in batch:
             if p.event_id in inserted:
                 p.outcome = "accepted"
                 p.runs = [(run_id, workflow_id) for (workflow_id, _node), run_id
                           in zip(p.links, p.run_ids, strict=True) if workflow_id in active]
+                p.finished = {run_id for run_id, _workflow in p.runs if run_id in finished}
             else:
                 live = any(workflow_id in active for workflow_id, _node in p.links)
                 p.outcome = "replayed" if live else "gone"
 
-    def _tell(self, stored: list[Pending]) -> None:
-        """After the commit: live pages and counters (one Redis pipeline), then the queue."""
+    def _tell(self, batch: list[Pending]) -> None:
+        """After the commit: live pages, counters and the slots of runs that ran on arrival
+        (one Redis pipeline), then the queue gets the runs stored queued."""
+        stored = [p for p in batch if p.error is None]
         accepted = [p for p in stored if p.outcome == "accepted"]
-        store = current_app.extensions["jobsprint.store"]
-        try:
-            pipe = store.pipeline(transaction=False)
-            events.queue_each(pipe, [  # one message per user for the whole batch
-                (p.user_id, events.run_event(run_id, workflow_id, "queued"))
-                for p in accepted for run_id, workflow_id in p.runs])
+        published = []
+        for p in accepted:
+            for run_id, workflow_id in p.runs:
+                published.append((p.user_id, events.run_event(run_id, workflow_id, "queued")))
+                if run_id in p.finished:
+                    published.extend((p.user_id, event)
+                                     for event in p.arrived[run_id].ran.events())
+
+        def announce(pipe) -> None:
+            events.queue_each(pipe, published)  # one message per user for the whole batch
             for p in stored:
                 if p.outcome in ("accepted", "replayed"):
                     count_into(pipe, p.webhook_id, p.outcome)
-            pipe.execute()
+
+        workflows = list(dict.fromkeys(a.ran.workflow_id for p in batch
+                                       for a in p.arrived.values()))
+        try:
+            waiting = release_all(current_app.extensions["jobsprint.store"],
+                                  arrival.slots_of(batch),
+                                  [runs.deferred_marker(w) for w in workflows], also=announce)
         except redis.RedisError as exc:
-            log.warning("could not announce or count %d deliveries: %s", len(stored), exc)
-        run_ids = [run_id for p in accepted for run_id, _workflow in p.runs]
+            log.warning("could not announce or count %d deliveries nor free the slots of %d "
+                        "workflows: %s", len(stored), len(workflows), exc)
+            waiting = []
+        for workflow_id, has_waiting in zip(workflows, waiting, strict=False):
+            if has_waiting:  # a run of that workflow was deferred for want of a slot
+                runs.wake_deferred_safely(workflow_id)
+        for p in accepted:
+            for run_id in p.finished:
+                ran = p.arrived[run_id].ran
+                runs.count_finished(ran.final["status"], ran.began)
+        run_ids = [run_id for p in accepted for run_id, _workflow in p.runs
+                   if run_id not in p.finished]
         if run_ids:
             executions.publish(run_ids)
 
 
-def _store_pg(connection, batch: list[Pending]) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
-    """``_PG_STORE`` for ``batch``: (the linked workflows still active, the new events)."""
-    links = [{"trigger_event_id": p.event_id, "workflow_id": workflow_id,
-              "trigger_node_id": node_id, "id": run_id}
-             for p in batch for (workflow_id, node_id), run_id in zip(p.links, p.run_ids,
-                                                                      strict=True)]
+def _link_rows(batch: list[Pending]) -> list[dict]:
+    """One row per link of each delivery: its run's id chosen in advance, and the workflow
+    version and final state of a run that ran on arrival (else None)."""
+    rows = []
+    for p in batch:
+        for (workflow_id, node_id), run_id in zip(p.links, p.run_ids, strict=True):
+            ran = p.arrived.get(run_id)
+            row = {"trigger_event_id": p.event_id, "workflow_id": workflow_id,
+                   "trigger_node_id": node_id, "id": run_id,
+                   "workflow_version": ran.version if ran else None}
+            for name in _FINAL_COLUMNS:
+                row[name] = ran.ran.final[name] if ran else None
+            rows.append(row)
+    return rows
+
+
+def _node_rows(batch: list[Pending]) -> list[dict]:
+    return [row for p in batch for ran in p.arrived.values() for row in ran.ran.node_rows()]
+
+
+Stored = tuple[set[uuid.UUID], set[uuid.UUID], set[uuid.UUID]]  # active, events, finished
+
+
+def _store_pg(connection, batch: list[Pending]) -> Stored:
+    """``_PG_STORE`` for ``batch``: the linked workflows still active, the new events, the
+    runs stored finished."""
     deliveries = [{"id": p.event_id, "user_id": p.user_id, "webhook_id": p.webhook_id,
                    "dedupe_key": p.dedupe_key, "payload": p.payload} for p in batch]
     now = utcnow()
     rows = connection.exec_driver_sql(_PG_STORE, {
         **columnar.arrays(EVENTS, _DELIVERY_COLUMNS, deliveries, prefix="d_"),
-        **columnar.arrays(RUNS, _LINK_COLUMNS, links, prefix="l_"),
+        **columnar.arrays(RUNS, _LINK_COLUMNS, _link_rows(batch), prefix="l_"),
+        **in_memory.node_arrays(_node_rows(batch)),
         **_PG_STORE_DEFAULTS, "now": now, "lease": now + executions.publish_grace()}).all()
-    active = {row[1] for row in rows if row[0] == "active"}
-    return active, {row[1] for row in rows if row[0] == "event"}
+    found: dict[str, set[uuid.UUID]] = {"active": set(), "event": set(), "finished": set(),
+                                        "run": set()}
+    for kind, row_id in rows:
+        found[kind].add(row_id)
+    return found["active"], found["event"], found["finished"]
 
 
-def _store_sqlite(connection, batch: list[Pending]) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+def _store_sqlite(connection, batch: list[Pending]) -> Stored:
     """The same as ``_PG_STORE``, in a transaction of Core statements."""
     wanted = list({workflow_id for p in batch for workflow_id, _node in p.links})
     versions = dict(connection.execute(_ACTIVE_VERSIONS, {"ids": wanted}).all())
     live = [p for p in batch if any(w in versions for w, _node in p.links)]
     if not live:
-        return set(versions), set()
+        return set(versions), set(), set()
     now = utcnow()
     inserted = set(connection.execute(_INSERT_NEW_EVENTS, [
         {"id": p.event_id, "user_id": p.user_id, "webhook_id": p.webhook_id, "kind": "webhook",
          "dedupe_key": p.dedupe_key, "payload": p.payload, "received_at": now}
         for p in live]).scalars())
     lease = now + executions.publish_grace()
-    runs = [{"id": run_id, "user_id": p.user_id, "workflow_id": workflow_id,
-             "workflow_version": versions[workflow_id], "trigger_type": "webhook",
-             "trigger_node_id": node_id, "trigger_event_id": p.event_id, "input": p.payload,
-             "status": "queued", "lease_expires_at": lease, "created_at": now,
-             "updated_at": now}
-            for p in live if p.event_id in inserted
-            for (workflow_id, node_id), run_id in zip(p.links, p.run_ids, strict=True)
-            if workflow_id in versions]
-    if runs:
-        connection.execute(_INSERT_RUNS, runs)
-    return set(versions), inserted
+    by_event = {p.event_id: p for p in live}
+    queued, finished = [], []
+    for row in _link_rows([p for p in live if p.event_id in inserted]):
+        version = versions.get(row["workflow_id"])
+        if version is None:
+            continue
+        p = by_event[row["trigger_event_id"]]
+        row.update(user_id=p.user_id, trigger_type="webhook", input=p.payload,
+                   created_at=now, updated_at=now)
+        if row["workflow_version"] == version:  # it ran on arrival, and that version is active
+            finished.append({**row, "lease_expires_at": None})
+        else:  # the final columns stay NULL, as for any queued run
+            queued.append({**{k: v for k, v in row.items() if k not in _FINAL_COLUMNS},
+                           "workflow_version": version, "status": "queued",
+                           "lease_expires_at": lease})
+    for rows in (queued, finished):
+        if rows:
+            connection.execute(_INSERT_RUNS, rows)
+    finished_ids = {row["id"] for row in finished}
+    nodes = [row for row in _node_rows(live) if row["execution_id"] in finished_ids]
+    if nodes:
+        connection.execute(runs.INSERT_NODES, nodes)
+    return set(versions), inserted, finished_ids
 
 
 def _is_outage(exc: DBAPIError) -> bool:

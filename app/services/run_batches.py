@@ -48,7 +48,6 @@ from app.services.locks import WorkflowSlot, acquire_all, release_all
 log = logging.getLogger(__name__)
 
 RUNS = runs.RUNS
-NODES = runs.NODES
 # The read reaches rows by their ids alone: with ``status = 'queued'`` beside the ids,
 # PostgreSQL may take the (status, lease) index when its statistics say few runs are queued
 # (a table not yet analyzed, or a burst after a quiet spell), and then read every queued row
@@ -69,18 +68,12 @@ _FINISH_ONE = (update(RUNS).where(RUNS.c.id == bindparam("run_id"),
                            "status", "result", "error", "started_at", "finished_at",
                            "lease_expires_at", "updated_at")}))
 _FINAL_COLUMNS = ("id", "epoch", "status", "result", "error", "started_at", "finished_at")
-_NODE_COLUMNS = ("id", "execution_id", "node_key", "node_id", "attempt", "status", "output",
-                 "output_name", "error", "resume_at", "started_at", "finished_at")
-
-
 def _pg_finish_statement() -> tuple[str, dict]:
     """PostgreSQL: the batch's write as one statement (run on its own, no BEGIN/COMMIT):
     ``f`` the final states, ``u`` the runs still queued at the epoch read, finished and
     claimed at once, ``n`` the node rows of those. Answers the ids written."""
-    missing = columnar.defaults(NODES, _NODE_COLUMNS)
-    node_columns = ", ".join(f'"{name}"' for name in [*_NODE_COLUMNS, *missing])
-    node_values = ", ".join([*(columnar.value(NODES, name, "n") for name in _NODE_COLUMNS),
-                            *(f"%(n_default_{name})s" for name in missing)])
+    insert_nodes, node_defaults = in_memory.pg_insert_nodes(
+        "n.execution_id IN (SELECT u.id FROM u)")
     assignments = ", ".join(
         [f'"{name}" = {columnar.value(RUNS, name, "f")}'
          for name in _FINAL_COLUMNS if name not in ("id", "epoch")]
@@ -90,12 +83,10 @@ def _pg_finish_statement() -> tuple[str, dict]:
 WITH f AS (SELECT * FROM {columnar.source(RUNS, _FINAL_COLUMNS, prefix="f_", alias="f")}),
 u AS (UPDATE executions AS x SET {assignments} FROM f
       WHERE x.id = f.id AND x.epoch = f.epoch AND x.status = 'queued' RETURNING x.id),
-n AS (INSERT INTO execution_nodes ({node_columns}) SELECT {node_values}
-      FROM {columnar.source(NODES, _NODE_COLUMNS, prefix="n_", alias="n")}
-      WHERE n.execution_id IN (SELECT u.id FROM u))
+n AS ({insert_nodes})
 SELECT id FROM u
 """  # noqa: S608 - every name is fixed here; the values travel as parameters
-    return sql, {f"n_default_{name}": value for name, value in missing.items()}
+    return sql, node_defaults
 
 
 _PG_FINISH, _PG_FINISH_DEFAULTS = _pg_finish_statement()
@@ -234,7 +225,7 @@ def _finish(ran: list[_Run]) -> list[_Run]:
             "status", "result", "error", "started_at", "finished_at")}} for run in ran]
         written = _autocommit(lambda connection: set(connection.exec_driver_sql(_PG_FINISH, {
             **columnar.arrays(RUNS, _FINAL_COLUMNS, finals, prefix="f_"),
-            **columnar.arrays(NODES, _NODE_COLUMNS, nodes, prefix="n_"),
+            **in_memory.node_arrays(nodes),
             **_PG_FINISH_DEFAULTS, "now": now}).scalars()))
     kept = [run for run in ran if run.id in written]
     if len(kept) < len(ran):

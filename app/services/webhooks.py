@@ -49,7 +49,7 @@ from app.models import (
     isoformat,
     utcnow,
 )
-from app.services import audit, cache, intake, vault, workflows
+from app.services import arrival, audit, cache, intake, vault, workflows
 from app.services.intake import counter_key  # noqa: F401 - part of this module's API
 from app.services.storable import nul_paths
 
@@ -211,7 +211,8 @@ class HookConfig:
     previous_ct: bytes | None = field(repr=False)
     previous_expires_at: float | None
     body_limit: int | None
-    links: tuple[dict, ...]  # active workflows only: {workflow_id, node_id, params}
+    # active workflows only: {workflow_id, node_id, version, params}
+    links: tuple[dict, ...]
 
     def secrets(self, now: float) -> list[bytes]:
         """The secrets that verify now: the current one, and the previous during its grace."""
@@ -234,18 +235,19 @@ def _load_config(token: str) -> dict | None:
     if hook is None:
         return None
     rows = db.session.execute(
-        select(WebhookLink.workflow_id, WebhookLink.node_id, Workflow.definition)
+        select(WebhookLink.workflow_id, WebhookLink.node_id, Workflow.version,
+               Workflow.definition)
         .join(Workflow, Workflow.id == WebhookLink.workflow_id)
         .where(WebhookLink.webhook_id == hook.id, Workflow.active.is_(True),
                Workflow.deleted_at.is_(None))
         .order_by(WebhookLink.workflow_id, WebhookLink.node_id)).all()
     links = []
-    for workflow_id, node_id, definition in rows:
+    for workflow_id, node_id, version, definition in rows:
         node = next((n for n in (definition or {}).get("nodes", [])
                      if n.get("id") == node_id), None)
         if node is not None:
             links.append({"workflow_id": str(workflow_id), "node_id": node_id,
-                          "params": node.get("params") or {}})
+                          "version": version, "params": node.get("params") or {}})
     expires = hook.previous_expires_at
     return {"id": str(hook.id), "user_id": str(hook.user_id), "scheme": hook.scheme,
             "kek_id": hook.kek_id, "wrapped_key": _b64(hook.wrapped_key),
@@ -463,6 +465,8 @@ class Delivery:
     replayed: bool
     user_id: uuid.UUID
     params: dict  # the first linked trigger node's params (respond, timeout_s)
+    # (status, result, error) of the first run when it ran on arrival and was stored finished
+    outcome: tuple[str, Any, Any] | None = None
 
 
 def check(hook: HookConfig, body: bytes, headers: Mapping, query: Mapping) -> intake.Pending:
@@ -484,16 +488,32 @@ def check(hook: HookConfig, body: bytes, headers: Mapping, query: Mapping) -> in
         links=[(uuid.UUID(link["workflow_id"]), link["node_id"]) for link in hook.links])
 
 
+def try_on_arrival(hook: HookConfig, pending: intake.Pending) -> bool:
+    """The sender waits for the first run: make it a candidate to run on arrival
+    (app.services.arrival) if its workflow is pure. Says whether it is one."""
+    if pending.links and (found := arrival.candidate(
+            hook.links[0], pending.run_ids[0], hook.user_id, pending.payload)) is not None:
+        pending.candidates.append(found)
+        return True
+    return False
+
+
 def accept(hook: HookConfig, pending: intake.Pending) -> Delivery:
-    """One trigger event and one queued run per active linked workflow, stored by the intake's
-    next group commit, then published. A repeat of an accepted delivery returns the first."""
+    """One trigger event and one run per active linked workflow, stored by the intake's next
+    group commit, then published. A repeat of an accepted delivery returns the first. A
+    candidate to run on arrival (``try_on_arrival``) that ran is stored finished, and the
+    delivery carries its outcome."""
     intake.intake_for(current_app._get_current_object()).submit(pending)
     if pending.outcome == "gone":
         raise NotFound("no webhook at this address")
     if pending.outcome == "replayed":
         return _first_delivery(hook, pending.dedupe_key)
-    return Delivery(pending.event_id, [run_id for run_id, _workflow in pending.runs], False,
-                    hook.user_id, hook.first_params)
+    delivery = Delivery(pending.event_id, [run_id for run_id, _workflow in pending.runs],
+                        False, hook.user_id, hook.first_params)
+    if delivery.execution_ids and delivery.execution_ids[0] in pending.finished:
+        final = pending.arrived[delivery.execution_ids[0]].ran.final
+        delivery.outcome = (final["status"], final["result"], final["error"])
+    return delivery
 
 
 def _first_delivery(hook: HookConfig, dedupe_key: str) -> Delivery:

@@ -16,6 +16,7 @@ would through Flask; requests of other methods to ``/hooks/<token>`` go to Flask
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from typing import Any
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, jsonify, request
@@ -136,18 +137,25 @@ def _answer(delivery: webhooks.Delivery) -> dict:
 
 def _when_finished(hook: webhooks.HookConfig, pending, timeout_s: float):
     """Store the delivery, wait for its first run; answer with the run's result, or 504 with
-    its id (it goes on). The waiter listens before the run exists, so it misses nothing."""
+    its id (it goes on). A pure run runs on arrival (app.services.arrival) and is stored
+    finished: there is nothing to wait for. Otherwise the waiter listens before the run
+    exists, so it misses nothing."""
     hub = hub_for(current_app._get_current_object())
-    with RunWaiter(hub, hook.user_id, pending.run_ids[0]) as waiter:
+    on_arrival = webhooks.try_on_arrival(hook, pending)
+    with ExitStack() as stack:
+        waiter = (None if on_arrival else
+                  stack.enter_context(RunWaiter(hub, hook.user_id, pending.run_ids[0])))
         delivery = webhooks.accept(hook, pending)
         if not delivery.execution_ids:
             return _json(_answer(delivery), 202), _result(delivery)
         execution_id = delivery.execution_ids[0]
-        if execution_id == pending.run_ids[0]:
+        if delivery.outcome is not None:  # it ran on arrival, and is stored finished
+            outcome = delivery.outcome
+        elif waiter is not None and execution_id == pending.run_ids[0]:
             outcome = waiter.wait(timeout_s, lambda: webhooks.run_outcome(execution_id),
                                   before_run=True)
-        else:  # a replay, or the first link's workflow is no longer active: another run
-            waiter.close()
+        else:  # a replay, the first link's workflow no longer active, or stored queued
+            stack.close()  # registered before the read: nothing is missed
             with RunWaiter(hub, hook.user_id, execution_id) as other:
                 outcome = other.wait(timeout_s, lambda: webhooks.run_outcome(execution_id),
                                      before_run=False)
