@@ -129,7 +129,7 @@ def _run_batch(ids: list[uuid.UUID]) -> list[str]:
     except BaseException:
         _release(batch)
         raise
-    _settle(batch, ran, written)
+    _settle(batch, written)
     return [str(execution_id) for execution_id in single]
 
 
@@ -250,13 +250,6 @@ def _finish_sqlite(ran: list[_Run], nodes: list[dict], now: datetime) -> set[uui
     return written
 
 
-def _ours(batch: list[_Run], moved: set[uuid.UUID]) -> list[WorkflowSlot]:
-    """The batch's slots to free: not those held in the name of a run that moved meanwhile
-    (another worker holding that run took the slot as its own; it frees it)."""
-    tokens = {str(execution_id) for execution_id in moved}
-    return [slot for slot in _distinct_slots(batch) if slot.token not in tokens]
-
-
 def _release(batch: list[_Run]) -> None:
     """Free the batch's slots after a failure (best effort: they expire anyway)."""
     try:
@@ -265,15 +258,16 @@ def _release(batch: list[_Run]) -> None:
         log.warning("could not free %d workflow slots", len(_distinct_slots(batch)))
 
 
-def _settle(batch: list[_Run], ran: list[_Run], written: list[_Run]) -> None:
+def _settle(batch: list[_Run], written: list[_Run]) -> None:
     """After the write: publish the written runs' events (running, each node, the final
     state) and free the slots (one round trip), wake the workflows with deferred runs, count
     the finished runs."""
     published = [(run.claim.user_id, event) for run in written for event in run.ran.events()]
     workflows = list(dict.fromkeys(run.claim.workflow_id for run in batch))
-    moved = {run.id for run in ran} - {run.id for run in written}
     try:
-        waiting = release_all(runs.store(), _ours(batch, moved),
+        # A slot held in the name of a run that moved meanwhile is freed too, unless that
+        # run's new holder took it back as its own (locks: a hold is freed only by its taker).
+        waiting = release_all(runs.store(), _distinct_slots(batch),
                               [runs.deferred_marker(workflow_id) for workflow_id in workflows],
                               also=lambda pipe: events.queue_each(pipe, published))
     except redis.RedisError as exc:

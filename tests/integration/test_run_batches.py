@@ -197,6 +197,32 @@ def test_a_slot_held_in_the_name_of_a_run_another_worker_took_is_left_to_it(
     assert run_row(app, ids[1]).status == "succeeded"
 
 
+def test_a_slot_held_in_the_name_of_a_run_handed_back_to_the_queue_is_freed(
+        app, api, monkeypatch):
+    """The batch's first run is reaped while the batch runs (queued again, a new epoch) and
+    nobody has taken it yet: the batch frees the slot it holds in that run's name, or the
+    concurrency-1 workflow would stall until the hold expired (5 min), every later batch
+    finding its slot taken unless that run happened to come first."""
+    single = api.workflow([DOUBLE], concurrency=1)
+    ids = [api.run(single, n) for n in range(2)]
+    reaped = uuid.UUID(ids[0])
+    execute = run_batches._execute
+
+    def reaper_strikes(run):
+        if run.id == reaped:
+            with db.engine.begin() as connection:
+                connection.execute(update(Execution).where(Execution.id == reaped).values(
+                    epoch=Execution.epoch + 1))
+        return execute(run)
+
+    monkeypatch.setattr(run_batches, "_execute", reaper_strikes)
+    with app.app_context():
+        assert run_batches.run_batch(ids) == []
+        assert runs.store().zcard(f"wflock:{single}") == 0
+    assert run_row(app, ids[0]).status == "queued"  # for the queue to run again
+    assert run_row(app, ids[1]).status == "succeeded"
+
+
 def test_a_pure_run_that_would_wait_to_retry_is_handed_back_and_never_sleeps(app, api):
     flaky = {"id": "flaky", "type": "logic.set", "retry": {"max": 2, "backoff_s": 0.05},
              "params": {"fields": {"v": "{{ input.n // 0 }}"}}}

@@ -126,7 +126,7 @@ def test_a_stopped_worker_finishing_a_batch_late_writes_nothing(pipeline: Pipeli
     # batch's budget while it was stopped, the run goes one at a time and finds nothing
     # left to claim.
     wait_for(lambda: "handed to another worker" in stale.log()
-             or "takes longer than a batch allows" in stale.log(), 20,
+             or "takes longer than running in memory allows" in stale.log(), 20,
              "the stopped worker to notice its runs moved", pipe.logs)
     time.sleep(1.0)  # room for a wrong late write
     assert [_snapshot(pipe, e) for e in execution_ids] == before
