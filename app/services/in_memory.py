@@ -59,12 +59,15 @@ class TakesLonger(Exception):
 
 class UnclaimedRecorder(runs.RunRecorder):
     """A recorder that keeps everything in memory: the run is not claimed, so nothing of it
-    may be written before its caller's write. Once the run has gone on for
-    ``runs.FLUSH_INTERVAL_S`` (a pure graph then asks for a write; checked too as each node
-    starts) it stops."""
+    may be written before its caller's write. Once the run has gone on for its budget
+    (``runs.FLUSH_INTERVAL_S`` unless given; checked as each node starts, and a pure graph
+    asks for a write after ``runs.FLUSH_INTERVAL_S``) it stops."""
+
+    budget_s: float | None = None  # else runs.FLUSH_INTERVAL_S, read as each node starts
 
     def node_started(self, key: str, attempt: int, input: Any) -> None:
-        if time.monotonic() - self.last_flush > runs.FLUSH_INTERVAL_S:
+        budget = runs.FLUSH_INTERVAL_S if self.budget_s is None else self.budget_s
+        if time.monotonic() - self.last_flush > budget:
             raise TakesLonger(str(self.execution_id))
         super().node_started(key, attempt, input)
 
@@ -96,13 +99,15 @@ class Ran:
 
 
 def recorder_for(execution_id: uuid.UUID, user_id: uuid.UUID, workflow_id: uuid.UUID,
-                 epoch: int, graph) -> UnclaimedRecorder:
-    return UnclaimedRecorder(execution_id, user_id, workflow_id, epoch, set(), set(),
-                             graph=graph)
+                 epoch: int, graph, budget_s: float | None = None) -> UnclaimedRecorder:
+    recorder = UnclaimedRecorder(execution_id, user_id, workflow_id, epoch, set(), set(),
+                                 graph=graph)
+    recorder.budget_s = budget_s
+    return recorder
 
 
-def run(recorder: UnclaimedRecorder, graph, trigger_node_id: str, trigger_output: Any
-        ) -> Ran | None:
+def run(recorder: UnclaimedRecorder, graph, trigger_node_id: str, trigger_output: Any,
+        render_limits: engine.RenderLimits | None = None) -> Ran | None:
     """Run the engine on ``graph`` in memory: the run once its final state is known, or None
     if it is to run again claimed (it takes longer than its budget, would wait to retry a
     node, or failed unexpectedly; nothing of it is kept)."""
@@ -115,7 +120,8 @@ def run(recorder: UnclaimedRecorder, graph, trigger_node_id: str, trigger_output
             graph, trigger_id=trigger_node_id, trigger_output=trigger_output,
             execution={"id": str(execution_id), "workflow_id": str(recorder.workflow_id)},
             callbacks=recorder, ports=engine.Ports(is_cancelled=recorder.is_cancelled),
-            options=engine.RunOptions(started_at=None, inline_wait_max_s=0.0))
+            options=engine.RunOptions(started_at=None, inline_wait_max_s=0.0,
+                                      render_limits=render_limits or engine.RenderLimits()))
         if result.status == "parked":  # a retry to wait for: claimed, it may wait
             return None
         return Ran(execution_id, recorder.user_id, recorder.workflow_id, recorder, began,

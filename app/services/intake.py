@@ -10,6 +10,10 @@ queued run per active link of each new event — on PostgreSQL in one statement 
 counts the deliveries in one Redis pipeline and publishes the runs to the queue in one batch,
 and only then wakes the requests: a 202 still means stored and handed to the queue.
 
+A delivery whose sender waits for its run may bring that run already run, in memory, on
+arrival (app.services.arrival): the intake stores it finished, in the same statement, and
+frees its slot after the commit; the queue gets only the runs stored queued.
+
 Under load the batches grow by themselves (whatever arrived during the previous commit), so
 a commit, a Redis round trip and a broker confirm are shared by every delivery in the batch; a
 lone delivery waits for nothing but its own commit. The request threads hold no database
@@ -45,7 +49,7 @@ from app.services import arrival, executions, in_memory, runs
 from app.services.locks import release_all
 
 if TYPE_CHECKING:
-    from app.services.arrival import Arrival, Candidate
+    from app.services.arrival import Arrival
 
 log = logging.getLogger(__name__)
 WORKFLOWS = Workflow.__table__
@@ -80,9 +84,8 @@ class Pending:
     runs: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)  # (run, workflow)
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
-    # runs to try on arrival (app.services.arrival); those that ran, by run id: stored
-    # finished if their workflow version is still the active one (``finished`` says which)
-    candidates: list[Candidate] = field(default_factory=list)
+    # runs that ran on arrival (app.services.arrival), by run id: stored finished if their
+    # workflow version is still the active one (``finished`` says which)
     arrived: dict[uuid.UUID, Arrival] = field(default_factory=dict)
     finished: set[uuid.UUID] = field(default_factory=set)
 
@@ -124,7 +127,9 @@ _RUN_VALUES = {"id": "l.id", "user_id": "d.user_id", "workflow_id": "l.workflow_
                **{name: f"CASE WHEN {_RAN} THEN {columnar.value(RUNS, name, 'l')} END"
                   for name in _FINAL_COLUMNS if name != "status"},
                "lease_expires_at": f"CASE WHEN {_RAN} THEN NULL ELSE %(lease)s END",
-               "created_at": "%(now)s", "updated_at": "%(now)s"}
+               # a run that ran on arrival existed (in memory) from when it began
+               "created_at": f"CASE WHEN {_RAN} THEN l.started_at ELSE %(now)s END",
+               "updated_at": "%(now)s"}
 
 
 def _insert_select(table, values: dict[str, str], prefix: str) -> tuple[str, str, dict]:
@@ -221,7 +226,21 @@ class Intake:
                     db.remove()
 
     def _take(self, batch: list[Pending]) -> None:
-        arrival.run_all(batch)
+        try:
+            self._store_each(batch)
+        except BaseException:
+            arrival.release(arrival.slots_of(batch))  # else they would wait out their TTL
+            raise
+        self.batches += 1
+        try:
+            self._tell(batch)
+        finally:
+            for pending in batch:
+                pending.done.set()
+
+    def _store_each(self, batch: list[Pending]) -> None:
+        """Store the batch; if that fails, each delivery on its own, unless the database is
+        out (each then fails with the error)."""
         try:
             self._store(batch)
         except DBAPIError as exc:
@@ -236,12 +255,6 @@ class Intake:
                         self._store([pending])
                     except DBAPIError as one:
                         pending.error = one
-        self.batches += 1
-        try:
-            self._tell(batch)
-        finally:
-            for pending in batch:
-                pending.done.set()
 
     def _store(self, batch: list[Pending]) -> None:
         """Atomically: the events that are new, and a run per active workflow, queued or
@@ -369,7 +382,7 @@ def _store_sqlite(connection, batch: list[Pending]) -> Stored:
         row.update(user_id=p.user_id, trigger_type="webhook", input=p.payload,
                    created_at=now, updated_at=now)
         if row["workflow_version"] == version:  # it ran on arrival, and that version is active
-            finished.append({**row, "lease_expires_at": None})
+            finished.append({**row, "lease_expires_at": None, "created_at": row["started_at"]})
         else:  # the final columns stay NULL, as for any queued run
             queued.append({**{k: v for k, v in row.items() if k not in _FINAL_COLUMNS},
                            "workflow_version": version, "status": "queued",

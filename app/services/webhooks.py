@@ -489,20 +489,21 @@ def check(hook: HookConfig, body: bytes, headers: Mapping, query: Mapping) -> in
 
 
 def try_on_arrival(hook: HookConfig, pending: intake.Pending) -> bool:
-    """The sender waits for the first run: make it a candidate to run on arrival
-    (app.services.arrival) if its workflow is pure. Says whether it is one."""
-    if pending.links and (found := arrival.candidate(
+    """The sender waits for the first run: run it on arrival (app.services.arrival) if its
+    workflow is pure. Says whether it ran (it is then stored finished by ``accept``, if its
+    workflow version is still the active one)."""
+    if pending.links and (ran := arrival.run(
             hook.links[0], pending.run_ids[0], hook.user_id, pending.payload)) is not None:
-        pending.candidates.append(found)
+        pending.arrived[ran.ran.execution_id] = ran
         return True
     return False
 
 
 def accept(hook: HookConfig, pending: intake.Pending) -> Delivery:
     """One trigger event and one run per active linked workflow, stored by the intake's next
-    group commit, then published. A repeat of an accepted delivery returns the first. A
-    candidate to run on arrival (``try_on_arrival``) that ran is stored finished, and the
-    delivery carries its outcome."""
+    group commit, then published. A repeat of an accepted delivery returns the first. A run
+    that ran on arrival (``try_on_arrival``) is stored finished, and the delivery carries its
+    outcome."""
     intake.intake_for(current_app._get_current_object()).submit(pending)
     if pending.outcome == "gone":
         raise NotFound("no webhook at this address")

@@ -13,8 +13,10 @@ RQ) and RabbitMQ (a fresh queue name per test). Nothing skips: a missing service
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -101,10 +103,10 @@ class Pipeline:
 
     # --- processes ------------------------------------------------------------------------
 
-    def start(self, module: str, name: str, **env: str) -> Proc:
+    def start(self, module: str, name: str, *args: str, **env: str) -> Proc:
         log_path = self.tmp / f"{name}-{len(self.procs)}.log"
         popen = subprocess.Popen(
-            [sys.executable, "-m", module], cwd=PROJECT_ROOT, env={**self.env, **env},
+            [sys.executable, "-m", module, *args], cwd=PROJECT_ROOT, env={**self.env, **env},
             stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
@@ -115,6 +117,30 @@ class Pipeline:
 
     def clock(self) -> Proc:
         return self.start("jobs.scheduler", "clock")
+
+    def web(self, threads: int = 16) -> tuple[Proc, str]:
+        """A web process (gunicorn with one worker process, as the Procfile starts it) on a
+        free port of 127.0.0.1, once it answers: the process and its base URL."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        proc = self.start("gunicorn", "web", "wsgi:app", "-c", "gunicorn.conf.py",
+                          "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                          "--threads", str(threads))
+
+        def answers() -> bool:
+            assert proc.alive(), f"the web process exited\n{proc.log()[-3000:]}"
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            try:
+                connection.request("GET", "/healthz")
+                return connection.getresponse().status == 200
+            except OSError:
+                return False
+            finally:
+                connection.close()
+
+        wait_for(answers, 30, "the web process to answer", self.logs)
+        return proc, f"http://127.0.0.1:{port}"
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} pid {p.pid} ({p.log_path.name}) ---\n{p.log()[-3000:]}"
