@@ -1,13 +1,14 @@
 """W1 and W2 (DESIGN.md) through signed webhooks, on the production stack, beside its parts.
 
     .venv/bin/python bench/webhook_bench.py [--concurrency 1,10,50] [--seconds 10]
-        [--w2-seconds 10] [--workers 2] [--worker-threads 4] [--web-threads 64]
-        [--web-processes 1] [--client wrk|python]
+        [--w2-seconds 10] [--workers 2] [--worker-threads 4] [--web-threads 32]
+        [--web-processes 2] [--client wrk|python]
         [--profile DIR]
 
-The stack is w2_bench's (imported, not copied): one gunicorn gthread web process
-(``--web-threads`` threads; a when_finished request holds one thread while it waits, so there
-must be more threads than clients), ``--workers`` ``python -m jobs.worker`` on RabbitMQ (queue
+The stack is w2_bench's (imported, not copied): gunicorn with ``--web-processes`` gthread
+worker processes (2 by default, as the Procfile's ``WEB_CONCURRENCY``; ``--web-threads``
+threads each: a when_finished request holds one thread while it waits, so there must be more
+threads than clients), ``--workers`` ``python -m jobs.worker`` on RabbitMQ (queue
 ``bench.runs``) and one ``python -m jobs.scheduler``, on PostgreSQL ``jobsprint_bench``
 (dropped, created and migrated), Redis db 12; all removed at the end.
 
@@ -25,9 +26,10 @@ threads, each with its own keep-alive ``http.client`` connection, signing as the
 - W1: for each concurrency, ``--seconds`` of requests: requests/s (first send to last answer),
   p50/p99 of the round trip; every answer must be 200 with total 25.0 and email "a@b.com"
   (``wrong_answers`` counts the others, ``codes`` lists non-200s). Where the time went, from
-  the runs' rows: ``pickup`` (stored -> began running in a worker) and ``run`` (began ->
-  final state), p50/p99; the rest of the round trip is the web process's (before the store,
-  after the final event), the final write's and the network's.
+  the runs' rows: ``pickup`` (stored -> began running in a worker; 0 for a run that ran on
+  arrival, in the web process, before it was stored) and ``run`` (began -> final state),
+  p50/p99; the rest of the round trip is the web process's (the store included), the final
+  write's and the network's.
 - W2: for each concurrency (its own workflow), ``--w2-seconds`` of requests: accepted/s and
   p50/p99 of the 202; then, from the database once all are final (or stalled 45 s):
   finished/s (min(created_at) -> max(finished_at)), failed_runs, lost_runs (accepted, never
@@ -37,7 +39,7 @@ threads, each with its own keep-alive ``http.client`` connection, signing as the
   has the machine's two cores to itself (as when workers run on other machines).
 - ``cpu_ms_per_request``: CPU per request of each process of the stack during the level
   (W2: including the drain), from /proc, as w2_bench's CpuMeter.
-- Memory: RSS (MB) and threads of gunicorn's worker process idle (after setup and a short
+- Memory: RSS (MB) and threads of gunicorn's (first) worker process idle (after setup and a short
   warm-up), after W1 and after W2.
 - Parts (w2_bench.measure_parts): Redis PING, PostgreSQL INSERT + commit, RabbitMQ confirmed
   publish, before and after; ``part=machine load_avg_1m`` at start and end.
@@ -518,8 +520,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-threads", type=int, default=None,
                         help="threads per queue worker (default: the setting's, 4)")
-    parser.add_argument("--web-threads", type=int, default=64)
-    parser.add_argument("--web-processes", type=int, default=1,
+    parser.add_argument("--web-threads", type=int, default=32)
+    parser.add_argument("--web-processes", type=int, default=2,
                         help="gunicorn worker processes of the web (each its own intake)")
     parser.add_argument("--profile", metavar="DIR", default=None)
     parser.add_argument("--client", choices=["wrk", "python"],
