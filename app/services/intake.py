@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -289,11 +289,13 @@ class Intake:
                     published.extend((p.user_id, event)
                                      for event in p.arrived[run_id].ran.events())
 
+        counts = Counter((p.webhook_id, p.outcome) for p in stored
+                         if p.outcome in ("accepted", "replayed"))
+
         def announce(pipe) -> None:
             events.queue_each(pipe, published)  # one message per user for the whole batch
-            for p in stored:
-                if p.outcome in ("accepted", "replayed"):
-                    count_into(pipe, p.webhook_id, p.outcome)
+            for (webhook_id, outcome), n in counts.items():  # one INCRBY per webhook
+                count_into(pipe, webhook_id, outcome, n)
 
         workflows = list(dict.fromkeys(a.ran.workflow_id for p in batch
                                        for a in p.arrived.values()))
@@ -407,10 +409,10 @@ def counter_key(webhook_id: Any, result: str | None = None) -> str:
     return f"webhook:{webhook_id}:deliveries" + (f":{result}" if result else "")
 
 
-def count_into(pipe, webhook_id: Any, result: str) -> None:
+def count_into(pipe, webhook_id: Any, result: str, n: int = 1) -> None:
     """Delivery counters for metrics: all, and by result (accepted | replayed | rejected)."""
-    pipe.incr(counter_key(webhook_id))
-    pipe.incr(counter_key(webhook_id, result))
+    pipe.incrby(counter_key(webhook_id), n)
+    pipe.incrby(counter_key(webhook_id, result), n)
 
 
 _intake_lock = threading.Lock()

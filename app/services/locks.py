@@ -52,12 +52,16 @@ return 0
 # Give back a hold only if it is still the one this holder took (its expiry, as set by its
 # acquire or its last renewal): a run handed on takes its own member back with a new expiry
 # (``mine`` above), and its former holder, finishing late, must not free it then.
+# One call per workflow: ARGV holds (holder, expiry) pairs.
 _RELEASE = """
-local expires = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if expires and tonumber(expires) == tonumber(ARGV[2]) then
-  return redis.call('ZREM', KEYS[1], ARGV[1])
+local freed = 0
+for i = 1, #ARGV, 2 do
+  local expires = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if expires and tonumber(expires) == tonumber(ARGV[i + 1]) then
+    freed = freed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
 end
-return 0
+return freed
 """
 
 # Run by their SHA (EVALSHA), loaded when the server says it lacks one. (Through redis-py's
@@ -147,10 +151,13 @@ def release_all(store: redis.Redis, slots: list[WorkflowSlot], checks: list[str]
     whether each key of ``checks`` exists, in one round trip; ``also`` may add commands of its
     own to that pipeline."""
     pipe = store.pipeline(transaction=False)
+    holds: dict[str, list] = {}
     for slot in {id(slot): slot for slot in slots}.values():
         if slot.held:
             slot.held = False
-            pipe.eval(_RELEASE, 1, slot.key, slot.token, slot.expires)
+            holds.setdefault(slot.key, []).extend((slot.token, slot.expires))
+    for key, pairs in holds.items():
+        pipe.eval(_RELEASE, 1, key, *pairs)
     if also is not None:
         also(pipe)
     first_check = len(pipe)
