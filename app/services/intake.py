@@ -40,7 +40,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
-from app import columnar
+from app import columnar, logs
 from app.db import db
 from app.errors import ServiceError
 from app.live import events
@@ -313,7 +313,11 @@ class Intake:
         for p in accepted:
             for run_id in p.finished:
                 ran = p.arrived[run_id].ran
-                runs.count_finished(ran.final["status"], ran.began)
+                token = logs.execution_id.set(str(run_id))
+                try:
+                    runs.count_finished(ran.final["status"], ran.began, quiet=True)
+                finally:
+                    logs.execution_id.reset(token)
         run_ids = [run_id for p in accepted for run_id, _workflow in p.runs
                    if run_id not in p.finished]
         if run_ids:

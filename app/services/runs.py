@@ -511,11 +511,14 @@ def run_execution(execution_id: str) -> None:
         logs.execution_id.reset(token)
 
 
-def count_finished(status: str, began: datetime) -> None:
-    """A final state committed by this worker: count it once, and say so in the log."""
+def count_finished(status: str, began: datetime, *, quiet: bool = False) -> None:
+    """A final state committed by this process: count it once, and say so in the log
+    (``quiet``: a success at DEBUG only — a web process's runs on arrival, one per request,
+    like its access log)."""
     seconds = (utcnow() - began).total_seconds()
     metrics.run_finished(status, seconds)
-    log.info("run %s in %.3f s", status, seconds)
+    log.log(logging.DEBUG if quiet and status == "succeeded" else logging.INFO,
+            "run %s in %.3f s", status, seconds)
 
 
 def _run(execution_id: uuid.UUID) -> None:
