@@ -7,9 +7,10 @@ deliveries (app.services.run_batches) and a web process answering a webhook that
 run (app.services.arrival). Here is what they share: a recorder that keeps every node row in
 memory, and the engine call.
 
-A run that goes on past ``runs.FLUSH_INTERVAL_S`` (checked as each node starts, and whenever
-the engine asks for a write), would wait to retry a node, or fails unexpectedly, gives up:
-``run`` returns None, nothing of it was stored, and it runs again claimed, one at a time.
+A run that goes on past its budget (``runs.FLUSH_INTERVAL_S`` unless its caller gives a
+smaller one; checked as each node starts, and whenever the engine asks for a write), would
+wait to retry a node, or fails unexpectedly, gives up: ``run`` returns None, nothing of it was
+stored, and it goes through the queue and runs claimed, one at a time.
 """
 
 from __future__ import annotations
