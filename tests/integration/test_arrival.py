@@ -335,6 +335,24 @@ def test_a_database_outage_while_storing_a_run_on_arrival_is_a_503_and_frees_the
     assert count(TriggerEvent) == count(Execution) == 2
 
 
+def test_a_store_that_fails_unexpectedly_frees_the_slots_of_its_runs_on_arrival(
+        app, api, client, monkeypatch, caplog):
+    """Not a database error (those are answered above): a fault in the intake itself. The
+    delivery fails, nothing is stored, and the slot does not wait out its TTL."""
+    workflow_id, path, secret = hooked(api)
+
+    def broken(self, batch):
+        raise RuntimeError("a bug in the intake")
+
+    monkeypatch.setattr(intake.Intake, "_store", broken)
+    answer = signed(client, path, secret)
+    assert answer.status_code == 500
+    assert "a bug in the intake" not in answer.get_data(as_text=True)
+    assert "webhook intake failed on a batch of 1" in caplog.text
+    assert count(TriggerEvent) == count(Execution) == 0
+    assert slot_members(app, workflow_id) == 0
+
+
 @pytest.fixture
 def scripted_store(mode, tmp_path):
     """The store of ``mode`` to flush scripts on: in production mode a redis-server of the
