@@ -37,8 +37,10 @@ end
 return 0
 """
 
+# Only a hold that is still the renewer's (its expiry as the renewer last set it, ARGV[4]).
 _RENEW = """
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+local expires = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if expires and tonumber(expires) == tonumber(ARGV[4]) then
   redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
   if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
     redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -94,7 +96,7 @@ class WorkflowSlot:
             return False
         expires = time.time() + self.ttl_s
         self.held = bool(_RENEW_SCRIPT(keys=[self.key], client=self.store, args=[
-            expires, self.token, int(self.ttl_s * 1000)]))
+            expires, self.token, int(self.ttl_s * 1000), self.expires]))
         self.expires = expires if self.held else None
         return self.held
 

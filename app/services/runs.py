@@ -451,7 +451,9 @@ class LeaseKeeper:
                     .values(lease_expires_at=lease)).rowcount
                 if not renewed:
                     recorder.fenced.set()
-        for _recorder, slot in held:
+        for recorder, slot in held:
+            if recorder.fenced.is_set():
+                continue  # the run is another worker's now, and so is its slot
             try:
                 slot.renew()
             except redis.RedisError as exc:

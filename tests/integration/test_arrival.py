@@ -381,3 +381,25 @@ def test_slots_are_still_taken_after_the_store_lost_its_scripts(scripted_store):
     assert store.script_exists(_ACQUIRE_SCRIPT.sha) == [True]
     assert store.zrange("wflock:free", 0, -1) == ["run-1"]
     assert store.zrange("wflock:full", 0, -1) == ["earlier"]
+
+
+def test_a_hold_taken_back_by_its_runs_new_holder_is_renewed_and_freed_by_it_alone(
+        scripted_store):
+    """A run handed on to another worker takes its own hold back; its former holder, late,
+    neither frees it nor renews it away from the new one (whose release would then miss it:
+    a concurrency-1 workflow stalled until the hold expired)."""
+    store = scripted_store
+    first, second, third = (WorkflowSlot(store, "handed-on", 1, holder="run-x")
+                            for _ in range(3))
+    assert first.acquire()
+    time.sleep(0.01)
+    assert second.acquire()  # its own member: taken back, with its own expiry
+    first.release()  # late
+    assert store.zrange("wflock:handed-on", 0, -1) == ["run-x"]
+    time.sleep(0.01)
+    assert third.acquire()  # handed on again
+    assert not second.renew()  # late: renews nothing, and knows it holds nothing
+    assert third.renew()
+    third.release()
+    assert store.zcard("wflock:handed-on") == 0
+    assert WorkflowSlot(store, "handed-on", 1, holder="run-y").acquire()
