@@ -121,16 +121,12 @@ def acquire_all(store: redis.Redis, slots: list[WorkflowSlot]) -> list[bool]:
 
 
 def _evalsha_each(store: redis.Redis, script: Script, calls: list[tuple]) -> list:
-    """``script`` once per call (a key, then its arguments), in one pipeline; if the server
+    """``script`` once per call (a key, then its arguments), in one round trip; if the server
     lacks the script (a restart, SCRIPT FLUSH), it is loaded and the pipeline sent again
     (the script has not run: a pipeline stops at nothing, but each EVALSHA failed alike)."""
     if len(calls) == 1:  # no pipeline: a quarter less CPU for the one round trip
         key, *args = calls[0]
-        try:
-            return [store.evalsha(script.sha, 1, key, *args)]
-        except NoScriptError:
-            store.script_load(script.script)
-            return [store.evalsha(script.sha, 1, key, *args)]
+        return [script(keys=[key], args=args, client=store)]  # EVALSHA, loaded if missing
     for attempt in (1, 2):
         pipe = store.pipeline(transaction=False)
         for key, *args in calls:

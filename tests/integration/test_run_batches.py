@@ -98,21 +98,25 @@ def test_a_batch_runs_its_pure_first_deliveries_and_hands_back_the_rest(app, api
     assert run_row(app, pure_ids[0]).epoch == 1
 
 
-def test_a_run_handed_on_while_its_batch_ran_writes_nothing(app, api, monkeypatch, caplog):
-    pure = api.workflow([DOUBLE])
-    ids = [api.run(pure, n) for n in range(4)]
-    victim = uuid.UUID(ids[1])
+def reaped_while_its_batch_runs(monkeypatch, victim: uuid.UUID) -> None:
+    """Just before ``victim`` runs in its batch, the reaper decides its worker was gone: a new
+    epoch, queued again."""
     execute = run_batches._execute
 
     def reaper_strikes(run):
         if run.id == victim:
-            # The reaper decided this run's worker was gone: a new epoch, queued again.
             with db.engine.begin() as connection:
                 connection.execute(update(Execution).where(Execution.id == victim).values(
                     status="queued", epoch=Execution.epoch + 1))
         return execute(run)
 
     monkeypatch.setattr(run_batches, "_execute", reaper_strikes)
+
+
+def test_a_run_handed_on_while_its_batch_ran_writes_nothing(app, api, monkeypatch, caplog):
+    pure = api.workflow([DOUBLE])
+    ids = [api.run(pure, n) for n in range(4)]
+    reaped_while_its_batch_runs(monkeypatch, uuid.UUID(ids[1]))
     with app.app_context():
         assert run_batches.run_batch(ids) == []
 
@@ -205,17 +209,7 @@ def test_a_slot_held_in_the_name_of_a_run_handed_back_to_the_queue_is_freed(
     finding its slot taken unless that run happened to come first."""
     single = api.workflow([DOUBLE], concurrency=1)
     ids = [api.run(single, n) for n in range(2)]
-    reaped = uuid.UUID(ids[0])
-    execute = run_batches._execute
-
-    def reaper_strikes(run):
-        if run.id == reaped:
-            with db.engine.begin() as connection:
-                connection.execute(update(Execution).where(Execution.id == reaped).values(
-                    epoch=Execution.epoch + 1))
-        return execute(run)
-
-    monkeypatch.setattr(run_batches, "_execute", reaper_strikes)
+    reaped_while_its_batch_runs(monkeypatch, uuid.UUID(ids[0]))
     with app.app_context():
         assert run_batches.run_batch(ids) == []
         assert runs.store().zcard(f"wflock:{single}") == 0
