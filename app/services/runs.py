@@ -281,14 +281,15 @@ class RunRecorder:
         self.pending: list[dict] = []
         self.started: dict[str, Any] = {}
         self.last_flush = time.monotonic()
-        self.fenced = threading.Event()
+        # set (by this run's worker or its lease keeper) once the run turns out another's
+        self.fenced = False
         # The claim read cancel_requested: the next look at the database is a second away.
         self._cancel_checked_at = time.monotonic()
         self._cancelled = cancelled
 
     # engine callbacks
     def node_started(self, key: str, attempt: int, input: Any) -> None:
-        if self.fenced.is_set():
+        if self.fenced:
             raise Fenced(str(self.execution_id))
         now = utcnow()
         self.started[key] = now
@@ -299,7 +300,7 @@ class RunRecorder:
             self.flush()
 
     def node_finished(self, result) -> None:
-        if self.fenced.is_set():
+        if self.fenced:
             raise Fenced(str(self.execution_id))
         if result.started_at is not None and result.finished_at is not None:
             node = self.nodes.get(result.node_id)
@@ -342,7 +343,7 @@ class RunRecorder:
                 fenced_update(frozenset(values)),
                 {"run_id": self.execution_id, "run_epoch": self.epoch, **values}).rowcount
             if not touched:
-                self.fenced.set()
+                self.fenced = True
                 raise Fenced(str(self.execution_id))  # rolls the transaction back
             inserts = self.write_known_nodes(connection)
             if inserts:
@@ -450,9 +451,9 @@ class LeaseKeeper:
                                             Execution.status == "running")
                     .values(lease_expires_at=lease)).rowcount
                 if not renewed:
-                    recorder.fenced.set()
+                    recorder.fenced = True
         for recorder, slot in held:
-            if recorder.fenced.is_set():
+            if recorder.fenced:
                 continue  # the run is another worker's now, and so is its slot
             try:
                 slot.renew()
