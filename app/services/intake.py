@@ -10,9 +10,10 @@ queued run per active link of each new event — on PostgreSQL in one statement 
 counts the deliveries in one Redis pipeline and publishes the runs to the queue in one batch,
 and only then wakes the requests: a 202 still means stored and handed to the queue.
 
-A delivery whose sender waits for its run may bring that run already run, in memory, on
-arrival (app.services.arrival): the intake stores it finished, in the same statement, and
-frees its slot after the commit; the queue gets only the runs stored queued.
+A delivery may bring runs already run, in memory, on arrival (app.services.arrival): the
+intake takes their slots (one round trip for the batch), stores them finished, in the same
+statement, and frees their slots after the commit; the queue gets only the runs stored
+queued.
 
 Under load the batches grow by themselves (whatever arrived during the previous commit), so
 a commit, a Redis round trip and a broker confirm are shared by every delivery in the batch; a
@@ -256,6 +257,7 @@ class Intake:
 
     def _take(self, batch: list[Pending]) -> None:
         try:
+            arrival.hold(batch)  # the slots of its runs on arrival, or they go queued
             self._store_each(batch)
         except BaseException:
             arrival.release(arrival.slots_of(batch))  # else they would wait out their TTL

@@ -499,14 +499,17 @@ def check(hook: HookConfig, body: bytes, headers: Mapping, query: Mapping) -> in
 
 
 def try_on_arrival(hook: HookConfig, pending: intake.Pending) -> bool:
-    """The sender waits for the first run: run it on arrival (app.services.arrival) if its
-    workflow is pure. Says whether it ran (it is then stored finished by ``accept``, if its
-    workflow version is still the active one)."""
-    if pending.links and (ran := arrival.run(
-            hook.links[0], pending.run_ids[0], hook.user_id, pending.payload)) is not None:
-        pending.arrived[ran.ran.execution_id] = ran
-        return True
-    return False
+    """Run the delivery's runs of pure workflows on arrival (app.services.arrival), each
+    stored finished by ``accept`` if its slot is free and its workflow version is still the
+    active one. Says whether the first ran. Links after the first are not tried once
+    the runs so far took an arrival's budget."""
+    began = time.monotonic()
+    for link, run_id in zip(hook.links, pending.run_ids, strict=True):
+        if run_id != pending.run_ids[0] and time.monotonic() - began > arrival.BUDGET_S:
+            break
+        if (ran := arrival.run(link, run_id, hook.user_id, pending.payload)) is not None:
+            pending.arrived[run_id] = ran
+    return bool(pending.run_ids) and pending.run_ids[0] in pending.arrived
 
 
 def accept(hook: HookConfig, pending: intake.Pending) -> Delivery:

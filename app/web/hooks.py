@@ -115,6 +115,7 @@ def receive_delivery(request: Request, token: str) -> tuple[Response, str]:
     params = hook.first_params
     if params.get("respond") == "when_finished" and pending.links:
         return _when_finished(hook, pending, float(params.get("timeout_s", 30)))
+    webhooks.try_on_arrival(hook, pending)
     delivery = webhooks.accept(hook, pending)
     return _json(_answer(delivery), 202), _result(delivery)
 
@@ -138,7 +139,8 @@ def _answer(delivery: webhooks.Delivery) -> dict:
 def _when_finished(hook: webhooks.HookConfig, pending, timeout_s: float):
     """Store the delivery, wait for its first run; answer with the run's result, or 504 with
     its id (it goes on). A pure run runs on arrival (app.services.arrival) and is stored
-    finished: there is nothing to wait for. Otherwise the waiter listens before the run
+    finished if the intake gets its slot: there is nothing to wait for (else it is stored
+    queued and waited for from then on). Otherwise the waiter listens before the run
     exists, so it misses nothing."""
     hub = hub_for(current_app._get_current_object())
     on_arrival = webhooks.try_on_arrival(hook, pending)

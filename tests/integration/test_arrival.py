@@ -1,8 +1,8 @@
-"""A pure run that a webhook's sender waits for (``respond: when_finished``) runs on arrival
-(app.services.arrival), against the real services of each run mode: the intake stores it
-finished with its node rows and publishes its events, its workflow's slot held from its run
-until its store; whatever cannot finish there (side effects, a newer version, a taken slot,
-a run past its budget) is stored queued and a worker runs it; an outage stores nothing and
+"""A webhook delivery's pure run runs on arrival (app.services.arrival), against the real
+services of each run mode: the intake takes the slots of its batch's runs, stores them
+finished with their node rows and publishes their events, whether the sender waits for the
+run or not; whatever cannot finish there (side effects, a newer version, a taken slot, a run
+too heavy or too late) is stored queued and a worker runs it; an outage stores nothing and
 frees the slot; and the slots' script survives Redis losing it."""
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import fakeredis
 import pytest
 import redis
 from sqlalchemy import func, select
+from werkzeug.datastructures import Headers
 
 from app.db import db
 from app.live.hub import Subscriber, hub_for
 from app.models import Execution, ExecutionNode, TriggerEvent, Workflow
-from app.services import arrival, executions, in_memory, intake, runs
+from app.services import arrival, executions, in_memory, intake, runs, webhooks
 from app.services.locks import _ACQUIRE_SCRIPT, WorkflowSlot, acquire_all
 from tests.integration import webhook_signing as signing
 from tests.integration.test_live import PrivateRedis
@@ -141,6 +142,43 @@ def test_a_pure_run_is_answered_and_stored_finished_by_the_intake_without_the_qu
     assert slot_members(app, workflow_id) == 0
 
 
+def test_a_pure_run_whose_sender_does_not_wait_is_stored_finished_before_the_202(
+        app, api, client, published, tried):
+    workflow_id, path, secret = hooked(api, definition())  # respond: immediately
+    answer = signed(client, path, secret)
+    assert answer.status_code == 202, answer.get_json()
+    (run_id,) = answer.get_json()["execution_ids"]
+    assert tried == [(run_id, True, 1)]
+    run = run_row(run_id)  # read at once: finished by the statement that stored the event
+    assert (run.status, run.result, run.deliveries) == ("succeeded", RESULT, 0)
+    assert run.workflow_version == active_version(workflow_id)
+    assert node_rows(run_id) == [("calc", 1, "succeeded"), ("hook", 1, "succeeded")]
+    assert run_id not in published
+    assert slot_members(app, workflow_id) == 0
+
+
+def test_the_intake_takes_its_batchs_slots_in_order_and_a_run_without_one_goes_queued(
+        app, api, client):
+    """Two runs on arrival of a concurrency-1 workflow in one batch: the first gets the
+    slot, the second is forgotten (its delivery stores it queued)."""
+    workflow_id, path, secret = hooked(api)
+    with app.app_context():
+        hook = webhooks.lookup(path.rsplit("/", 1)[1])
+        batch = []
+        for order_id in (1, 2):
+            data = raw({**BODY, "order_id": order_id})
+            headers = Headers({"Content-Type": "application/json",
+                               **signing.jobsprint(secret, data)})
+            pending = webhooks.check(hook, data, headers, {})
+            assert webhooks.try_on_arrival(hook, pending)
+            batch.append(pending)
+        arrival.hold(batch)
+        assert [set(p.arrived) for p in batch] == [{batch[0].run_ids[0]}, set()]
+        assert slot_members(app, workflow_id) == 1
+        arrival.release(arrival.slots_of(batch))
+        assert slot_members(app, workflow_id) == 0
+
+
 def test_a_run_on_arrival_publishes_queued_running_each_node_then_its_final_state(
         app, api, client):
     workflow_id, path, secret = hooked(api)
@@ -257,43 +295,68 @@ def test_a_run_whose_slot_is_taken_is_stored_queued_and_finishes_once_the_slot_f
     eventually(lambda: slot_members(app, workflow_id) == 0)
 
 
-def test_a_pure_run_past_its_budget_in_memory_is_stored_queued_and_still_answered(
+@pytest.fixture
+def arrival_runs(monkeypatch) -> list[uuid.UUID]:
+    """The ids of the runs tried on arrival (not a worker's batch)."""
+    seen: list[uuid.UUID] = []
+    run = in_memory.run
+
+    def record(recorder, *args, **kwargs):
+        if recorder.budget_s is not None:  # a run on arrival, not a worker's batch
+            seen.append(recorder.execution_id)
+        return run(recorder, *args, **kwargs)
+
+    monkeypatch.setattr(in_memory, "run", record)
+    return seen
+
+
+def test_a_pure_run_still_going_at_the_wall_limit_is_stored_queued_and_tried_again_next_time(
+        app, api, client, published, tried, arrival_runs, monkeypatch):
+    """A run that waited long for its turn at the interpreter (here: every run) is not too
+    heavy: it goes to the queue, and the next delivery is tried on arrival again."""
+    monkeypatch.setattr(arrival, "WALL_LIMIT_S", 0.0)
+    monkeypatch.setattr(arrival, "_skip", {})
+    workflow_id, path, secret = hooked(api)
+    for order_id in (1, 2):
+        data = raw({**BODY, "order_id": order_id})
+        answer = deliver(client, path, data, signing.jobsprint(secret, data))
+        assert answer.status_code == 200, answer.get_json()
+        assert answer.get_json() == RESULT
+        run_id = answer.headers["X-Jobsprint-Execution-Id"]
+        assert tried[-1] == (run_id, False, 0)  # given up before the store: no slot taken
+        assert run_id in published
+        assert run_row(run_id).deliveries >= 1
+    assert len(arrival_runs) == 2
+    eventually(lambda: slot_members(app, workflow_id) == 0)
+
+
+def test_a_pure_run_that_asks_for_a_write_in_memory_is_stored_queued_and_still_answered(
         app, api, client, published, tried, monkeypatch):
-    monkeypatch.setattr(runs, "FLUSH_INTERVAL_S", 0.0)  # every run is past its budget
+    monkeypatch.setattr(runs, "FLUSH_INTERVAL_S", 0.0)  # every run asks to write at once
     workflow_id, path, secret = hooked(api)
     answer = signed(client, path, secret)
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json() == RESULT
     run_id = answer.headers["X-Jobsprint-Execution-Id"]
-    assert tried == [(run_id, False, 0)]  # gave up, and let the slot go before the store
+    assert tried == [(run_id, False, 0)]
     assert run_id in published
     assert run_row(run_id).deliveries >= 1
     eventually(lambda: slot_members(app, workflow_id) == 0)
 
 
 def test_a_run_past_its_budget_on_arrival_runs_in_full_on_a_worker_and_is_not_tried_again(
-        app, api, client, published, tried, monkeypatch):
-    """Each template on arrival gets the run's budget: one that runs out fails its node, and
-    the run, ended past its budget, is thrown away and runs in full on a worker. The
-    workflow version is then not tried on arrival for a while."""
+        app, api, client, published, tried, arrival_runs, monkeypatch):
+    """A run on arrival that spends more than its budget of CPU time is thrown away and runs
+    in full on a worker. The workflow version is then not tried on arrival for a while."""
     monkeypatch.setattr(arrival, "BUDGET_S", 0.01)
     monkeypatch.setattr(arrival, "_skip", {})
     slow = definition(WHEN_FINISHED)
     # ~30 ms of template: over the budget on arrival, well within a worker's second
     slow["nodes"][1]["params"]["fields"]["spin"] = "{% for i in range(100000) %}{% endfor %}"
-    arrival_runs = []
-    run = in_memory.run
-
-    def record(recorder, *args, **kwargs):
-        if recorder.budget_s is not None:  # a run on arrival, not a worker's batch
-            arrival_runs.append(recorder.execution_id)
-        return run(recorder, *args, **kwargs)
-
-    monkeypatch.setattr(in_memory, "run", record)
     workflow_id, path, secret = hooked(api, slow)
     first = signed(client, path, secret)
     assert first.status_code == 200, first.get_json()
-    assert first.get_json() == {**RESULT, "spin": ""}  # not the timed-out template's failure
+    assert first.get_json() == {**RESULT, "spin": ""}  # the worker's run's result
     run_id = first.headers["X-Jobsprint-Execution-Id"]
     assert [str(i) for i in arrival_runs] == [run_id]
     assert tried == [(run_id, False, 0)]

@@ -579,9 +579,10 @@ def test_metrics_add_up_over_gunicorn_and_worker_processes(processes):
     hook = session.get(f"{base}/api/v1/workflows/{hooked}/webhook", timeout=30).json()
     hook_path = "/hooks/" + hook["url"].rsplit("/hooks/", 1)[1]
 
-    run_ids = [session.post(f"{base}/api/v1/workflows/{manual}/run",
-                            json={"input": {"n": n}}, timeout=30).json()["execution_id"]
-               for n in range(10)]
+    manual_ids = [session.post(f"{base}/api/v1/workflows/{manual}/run",
+                               json={"input": {"n": n}}, timeout=30).json()["execution_id"]
+                  for n in range(10)]
+    run_ids = list(manual_ids)
     for n in range(6):
         body = json.dumps({"n": n}).encode()
         answer = requests.post(base + hook_path, data=body, timeout=30, headers={
@@ -630,4 +631,6 @@ def test_metrics_add_up_over_gunicorn_and_worker_processes(processes):
         for line in _json_lines(processes.err(f"worker{n}")):
             if line["execution_id"]:
                 seen_runs.add(line["execution_id"])
-    assert seen_runs == set(run_ids)
+    # The manual runs ran on the workers; the webhook's pure runs ran on arrival in the web
+    # process (logged there at DEBUG), unless one went to the queue after all.
+    assert set(manual_ids) <= seen_runs <= set(run_ids)
