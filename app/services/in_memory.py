@@ -112,14 +112,13 @@ class Ran:
 
 def recorder_for(execution_id: uuid.UUID, user_id: uuid.UUID, workflow_id: uuid.UUID,
                  epoch: int, graph, budget_s: float | None = None,
-                 clock: Callable[[], float] | None = None) -> UnclaimedRecorder:
-    """A recorder for a run in memory; ``budget_s`` counted by ``clock`` (default: the
-    wall clock, from the run's start)."""
+                 clock: Callable[[], float] = time.monotonic) -> UnclaimedRecorder:
+    """A recorder for a run in memory; ``budget_s`` counted by ``clock`` from the run's
+    start."""
     recorder = UnclaimedRecorder(execution_id, user_id, workflow_id, epoch, set(), set(),
                                  graph=graph)
     recorder.budget_s = budget_s
-    if clock is not None:
-        recorder.clock = clock
+    recorder.clock = clock
     return recorder
 
 

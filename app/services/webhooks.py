@@ -504,8 +504,8 @@ def try_on_arrival(hook: HookConfig, pending: intake.Pending) -> bool:
     active one. Says whether the first ran. Links after the first are not tried once
     the runs so far took an arrival's budget."""
     began = time.monotonic()
-    for link, run_id in zip(hook.links, pending.run_ids, strict=True):
-        if run_id != pending.run_ids[0] and time.monotonic() - began > arrival.BUDGET_S:
+    for n, (link, run_id) in enumerate(zip(hook.links, pending.run_ids, strict=True)):
+        if n and time.monotonic() - began > arrival.BUDGET_S:
             break
         if (ran := arrival.run(link, run_id, hook.user_id, pending.payload)) is not None:
             pending.arrived[run_id] = ran
